@@ -1,0 +1,281 @@
+//! Configuration: loading (figment: defaults → TOML file → `HOLDFAST_*` env), validation
+//! into the typed [`Config`], and the provenance report behind `holdfast check`.
+//! `raw.rs` holds the serde schema, `units.rs` durations and sizes, `report.rs` the
+//! unknown-key walk, key locations and the effective-config listing.
+
+pub mod raw;
+mod report;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use regex::Regex;
+
+pub use report::EffectiveEntry;
+
+use crate::ws::close::{Close, RewriteRule};
+use raw::RawConfig;
+
+/// The validated configuration every other module reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub websocket: WebSocket,
+    pub restart: Restart,
+    pub policy: Policy,
+    pub rewrites: Vec<RewriteRule>,
+    pub shutdown: Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub tls: Option<ServerTls>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `None` when `admin.address = ""`.
+    pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    /// Used for `wss://` endpoints (and `https` passthrough to them).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// SNI / verification name override.
+    pub server_name: Option<String>,
+}
+
+/// One `upstream.endpoints` entry: `ws://host:port` or `wss://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub secure: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, with brackets around IPv6 literals.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSocket {
+    pub max_message_size: usize,
+    pub max_frame_size: usize,
+    /// `None` = keepalive pings off.
+    pub ping_interval: Option<Duration>,
+    /// `None` = never.
+    pub idle_timeout: Option<Duration>,
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Restart {
+    pub hold: bool,
+    pub codes: Vec<u16>,
+    pub on_disconnect: bool,
+    pub max_hold: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub buffer_messages: usize,
+    pub buffer_bytes: usize,
+    pub replay_first: usize,
+    pub give_up: Close,
+}
+
+/// Where 1008 policy context goes (SPEC §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextMode {
+    Reason,
+    Message,
+    Both,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub context: ContextMode,
+    pub expose_upstream_reason: bool,
+    pub catalog: Vec<CatalogEntry>,
+    pub rate_limit: RateLimit,
+    pub token_expiry: Option<TokenSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub id: String,
+    pub pattern: Regex,
+    pub retry_after: Option<Duration>,
+    pub docs: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// 0 = off.
+    pub messages_per_second: u32,
+    pub burst: u32,
+}
+
+/// Where the JWT for `policy.token_expiry` is read at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    pub drain_timeout: Duration,
+    pub client: Close,
+}
+
+/// One configuration problem, naming its key and where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `rewrite[1].to`; empty for file-level problems.
+    pub key: String,
+    pub message: String,
+    /// `proxy.toml:12`, `env HOLDFAST_LISTEN__ADDRESS`, or `None` for defaults.
+    pub origin: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(origin) = &self.origin {
+            write!(f, " ({origin})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found while loading a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{n} configuration problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(key: &str, message: impl Into<String>, origin: Option<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                key: key.into(),
+                message: message.into(),
+                origin,
+            }],
+        }
+    }
+}
+
+/// A loaded, validated configuration together with where each value came from.
+pub struct Loaded {
+    pub config: Config,
+    pub effective: Vec<EffectiveEntry>,
+}
+
+/// The environment variables starting with `HOLDFAST_` that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["config", "log"];
+
+/// Loads `path` (which must exist), then `HOLDFAST_*` environment variables, over the defaults.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::single(
+            "",
+            format!(
+                "config file {} not found (set --config or HOLDFAST_CONFIG)",
+                path.display()
+            ),
+            None,
+        ));
+    }
+    let env = Env::prefixed("HOLDFAST_")
+        .split("__")
+        .filter(|key| !NON_CONFIG_ENV.contains(&key.as_str()));
+    let figment = defaults().merge(Toml::file_exact(path)).merge(env);
+    load_figment(figment)
+}
+
+/// Loads a configuration from TOML text over the defaults, ignoring the environment.
+/// Used by tests and the demo.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    load_figment(defaults().merge(Toml::string(text))).map(|loaded| loaded.config)
+}
+
+fn defaults() -> Figment {
+    Figment::from(Serialized::defaults(RawConfig::default()))
+}
+
+fn load_figment(figment: Figment) -> Result<Loaded, ConfigError> {
+    let (raw, mut problems) = report::extract(&figment)?;
+    let config = validate::validate(&raw, &mut |key, message| {
+        problems.push(Problem {
+            key: key.to_owned(),
+            message,
+            origin: report::origin_of(&figment, key),
+        })
+    });
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Loaded {
+        config: config.expect("validation returns a config when it reports no problem"),
+        effective: report::effective(&figment),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! `RawConfig`: the TOML/env schema exactly as operators write it (SPEC §2).
+//! Values stay loose here (durations and sizes as strings); `super::validate` turns
+//! them into the typed `Config` and reports every problem at once.
+
+use serde::{Deserialize, Serialize};
+
+/// A size: a plain integer (bytes) or a string such as `"64KiB"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A close code for matching: one code (`4000` or `"4000"`) or an inclusive range `"4000-4099"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawCodes {
+    One(i64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub admin: RawAdmin,
+    pub upstream: RawUpstream,
+    pub websocket: RawWebSocket,
+    pub restart: RawRestart,
+    pub policy: RawPolicy,
+    pub rewrite: Vec<RawRewrite>,
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawServerTls>,
+    pub max_connections: i64,
+    pub handshake_timeout: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            address: "0.0.0.0:8080".into(),
+            tls: None,
+            max_connections: 10_000,
+            handshake_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub endpoints: Vec<String>,
+    pub connect_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawClientTls>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["ws://127.0.0.1:9000".into()],
+            connect_timeout: "3s".into(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClientTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebSocket {
+    pub max_message_size: RawSize,
+    pub max_frame_size: RawSize,
+    pub ping_interval: String,
+    pub idle_timeout: String,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for RawWebSocket {
+    fn default() -> Self {
+        Self {
+            max_message_size: RawSize::Text("1MiB".into()),
+            max_frame_size: RawSize::Text("1MiB".into()),
+            ping_interval: "30s".into(),
+            idle_timeout: "0s".into(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRestart {
+    pub hold: bool,
+    pub codes: Vec<i64>,
+    pub on_disconnect: bool,
+    pub max_hold: String,
+    pub backoff_initial: String,
+    pub backoff_max: String,
+    pub buffer_messages: i64,
+    pub buffer_bytes: RawSize,
+    pub replay_first: i64,
+    pub give_up_code: i64,
+    pub give_up_reason: String,
+}
+
+impl Default for RawRestart {
+    fn default() -> Self {
+        Self {
+            hold: true,
+            codes: vec![1012],
+            on_disconnect: true,
+            max_hold: "30s".into(),
+            backoff_initial: "1s".into(),
+            backoff_max: "5s".into(),
+            buffer_messages: 1024,
+            buffer_bytes: RawSize::Text("1MiB".into()),
+            replay_first: 0,
+            give_up_code: 1012,
+            give_up_reason: "upstream restarting; reconnect in 1-5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub context: String,
+    pub expose_upstream_reason: bool,
+    pub catalog: Vec<RawCatalogEntry>,
+    pub rate_limit: RawRateLimit,
+    pub token_expiry: RawTokenExpiry,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            context: "reason".into(),
+            expose_upstream_reason: true,
+            catalog: Vec::new(),
+            rate_limit: RawRateLimit::default(),
+            token_expiry: RawTokenExpiry::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalogEntry {
+    pub id: String,
+    #[serde(rename = "match")]
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub messages_per_second: i64,
+    pub burst: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokenExpiry {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub direction: String,
+    pub from: RawCodes,
+    pub to: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    pub drain_timeout: String,
+    pub client_code: i64,
+    pub client_reason: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: "30s".into(),
+            client_code: 1012,
+            client_reason: "proxy restarting; reconnect in 1-5s".into(),
+        }
+    }
+}
+
+/// Every key the schema knows, per table path (`[]` marks an array of tables).
+/// Used to report *all* unknown keys with their location, where serde stops at the first.
+pub const SCHEMA: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "listen",
+            "admin",
+            "upstream",
+            "websocket",
+            "restart",
+            "policy",
+            "rewrite",
+            "shutdown",
+        ],
+    ),
+    (
+        "listen",
+        &["address", "tls", "max_connections", "handshake_timeout"],
+    ),
+    ("listen.tls", &["cert", "key"]),
+    ("admin", &["address"]),
+    ("upstream", &["endpoints", "connect_timeout", "tls"]),
+    ("upstream.tls", &["ca", "server_name"]),
+    (
+        "websocket",
+        &[
+            "max_message_size",
+            "max_frame_size",
+            "ping_interval",
+            "idle_timeout",
+            "allowed_origins",
+        ],
+    ),
+    (
+        "restart",
+        &[
+            "hold",
+            "codes",
+            "on_disconnect",
+            "max_hold",
+            "backoff_initial",
+            "backoff_max",
+            "buffer_messages",
+            "buffer_bytes",
+            "replay_first",
+            "give_up_code",
+            "give_up_reason",
+        ],
+    ),
+    (
+        "policy",
+        &[
+            "context",
+            "expose_upstream_reason",
+            "catalog",
+            "rate_limit",
+            "token_expiry",
+        ],
+    ),
+    ("policy.catalog[]", &["id", "match", "retry_after", "docs"]),
+    ("policy.rate_limit", &["messages_per_second", "burst"]),
+    ("policy.token_expiry", &["source"]),
+    ("rewrite[]", &["direction", "from", "to", "reason"]),
+    (
+        "shutdown",
+        &["drain_timeout", "client_code", "client_reason"],
+    ),
+];

@@ -1,0 +1,253 @@
+//! Config loading and validation, table-driven: each bad value must be named by its key.
+
+use std::io::Write;
+
+use super::*;
+use crate::ws::close::Direction;
+
+fn problems(toml: &str) -> Vec<Problem> {
+    match from_toml_str(toml) {
+        Ok(_) => panic!("config should have been rejected:\n{toml}"),
+        Err(e) => e.problems,
+    }
+}
+
+fn keys(toml: &str) -> Vec<String> {
+    problems(toml).into_iter().map(|p| p.key).collect()
+}
+
+#[test]
+fn defaults_are_valid_and_match_the_spec() {
+    let c = from_toml_str("").expect("defaults validate");
+    assert_eq!(c.listen.address, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.listen.max_connections, 10_000);
+    assert_eq!(c.listen.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.admin.address, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(c.upstream.endpoints[0].to_string(), "ws://127.0.0.1:9000");
+    assert_eq!(c.websocket.max_message_size, 1 << 20);
+    assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.websocket.idle_timeout, None);
+    assert!(c.restart.hold && c.restart.on_disconnect);
+    assert_eq!(c.restart.codes, vec![1012]);
+    assert_eq!(
+        c.restart.give_up,
+        Close::new(1012, "upstream restarting; reconnect in 1-5s")
+    );
+    assert_eq!(c.policy.context, ContextMode::Reason);
+    assert!(c.rewrites.is_empty());
+    assert_eq!(c.shutdown.client.code, 1012);
+}
+
+#[test]
+fn the_shipped_proxy_toml_is_the_default_config() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    let c = from_toml_str(&text).expect("proxy.toml validates");
+    assert_eq!(c.listen.address, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.restart.max_hold, Duration::from_secs(30));
+}
+
+#[test]
+fn rewrite_shapes_parse() {
+    let c = from_toml_str(
+        r#"
+        [[rewrite]]
+        direction = "to_client"
+        from = "4000-4099"
+        to = 1008
+        reason = "application policy"
+        [[rewrite]]
+        direction = "to_upstream"
+        from = 4100
+        to = 1000
+        [[rewrite]]
+        direction = "to_client"
+        from = "1006"
+        to = 1001
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.rewrites.len(), 3);
+    assert_eq!(c.rewrites[0].from, 4000..=4099);
+    assert_eq!(c.rewrites[0].reason.as_deref(), Some("application policy"));
+    assert_eq!(c.rewrites[1].from, 4100..=4100);
+    assert_eq!(c.rewrites[1].direction, Direction::ToUpstream);
+    assert_eq!(c.rewrites[2].from, 1006..=1006);
+}
+
+#[test]
+fn every_bad_value_is_named_by_its_key() {
+    let table: &[(&str, &str)] = &[
+        ("[listen]\naddress = \"nowhere\"", "listen.address"),
+        ("[listen]\nmax_connections = 0", "listen.max_connections"),
+        (
+            "[listen]\nhandshake_timeout = \"10\"",
+            "listen.handshake_timeout",
+        ),
+        (
+            "[upstream]\nendpoints = [\"http://x:1\"]",
+            "upstream.endpoints[0]",
+        ),
+        ("[upstream]\nendpoints = []", "upstream.endpoints"),
+        (
+            "[websocket]\nmax_message_size = \"huge\"",
+            "websocket.max_message_size",
+        ),
+        ("[restart]\ngive_up_code = 1006", "restart.give_up_code"),
+        ("[restart]\ncodes = [99]", "restart.codes[0]"),
+        (
+            "[restart]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"",
+            "restart.backoff_initial",
+        ),
+        ("[policy]\ncontext = \"header\"", "policy.context"),
+        (
+            "[[policy.catalog]]\nid = \"x\"\nmatch = \"(unclosed\"",
+            "policy.catalog[0].match",
+        ),
+        (
+            "[policy.token_expiry]\nsource = \"header:x-token\"",
+            "policy.token_expiry.source",
+        ),
+        ("[shutdown]\nclient_code = 2000", "shutdown.client_code"),
+        ("[shutdown]\nclient_reason = \"", ""),
+    ];
+    for (toml, key) in table.iter().filter(|(_, k)| !k.is_empty()) {
+        assert_eq!(keys(toml), vec![key.to_string()], "for {toml:?}");
+    }
+}
+
+#[test]
+fn close_codes_that_may_not_be_sent_are_rejected_as_targets() {
+    for code in [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+        let toml = format!("[[rewrite]]\ndirection = \"to_client\"\nfrom = 4000\nto = {code}");
+        let p = problems(&toml);
+        assert_eq!(p.len(), 1, "{code}");
+        assert_eq!(p[0].key, "rewrite[0].to");
+        assert!(p[0].message.contains("may not be sent"), "{}", p[0].message);
+    }
+}
+
+#[test]
+fn bad_ranges_are_rejected() {
+    for from in [
+        "\"4099-4000\"",
+        "\"40x0\"",
+        "\"1-2-3\"",
+        "\"999-1000\"",
+        "5000",
+    ] {
+        let toml = format!("[[rewrite]]\ndirection = \"to_client\"\nfrom = {from}\nto = 1000");
+        assert_eq!(
+            keys(&toml),
+            vec!["rewrite[0].from".to_string()],
+            "from = {from}"
+        );
+    }
+    let p = problems("[[rewrite]]\ndirection = \"sideways\"\nfrom = 4000\nto = 1000");
+    assert_eq!(p[0].key, "rewrite[0].direction");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_suggestion() {
+    let p = problems(
+        "[listen]\nadress = \"0.0.0.0:1\"\n[nope]\nx = 1\n[[rewrite]]\ndirection = \"to_client\"\nfrom = 4000\nto = 1000\ncolor = 1",
+    );
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"listen.adress"), "{keys:?}");
+    assert!(keys.contains(&"nope"), "{keys:?}");
+    assert!(keys.contains(&"rewrite[0].color"), "{keys:?}");
+    let adress = p.iter().find(|p| p.key == "listen.adress").unwrap();
+    assert!(
+        adress.message.contains("did you mean `listen.address`"),
+        "{}",
+        adress.message
+    );
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let p = problems(
+        "[listen]\nmax_connections = \"many\"\n[restart]\ngive_up_code = 1005\n[shutdown]\ndrain_timeout = \"forever\"\n[websocket]\nping_interval = 3",
+    );
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "listen.max_connections",
+        "restart.give_up_code",
+        "shutdown.drain_timeout",
+        "websocket.ping_interval",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn missing_tls_files_are_named() {
+    let p =
+        problems("[listen.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"");
+    assert_eq!(p[0].key, "listen.tls.cert");
+    assert!(
+        p[0].message.contains("/nonexistent/cert.pem"),
+        "{}",
+        p[0].message
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not pem at all\n").unwrap();
+    let p = problems(&format!(
+        "[listen.tls]\ncert = {:?}\nkey = {:?}",
+        empty.display().to_string(),
+        empty.display().to_string()
+    ));
+    assert!(
+        p[0].message.contains("holds no PEM certificate"),
+        "{}",
+        p[0].message
+    );
+
+    let p = problems("[upstream.tls]\nca = \"/nonexistent/ca.pem\"");
+    assert_eq!(p[0].key, "upstream.tls.ca");
+}
+
+#[test]
+fn file_problems_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    write!(f, "[listen]\naddress = \"0.0.0.0:1\"\n\n[[rewrite]]\ndirection = \"to_client\"\nfrom = 4000\nto = 1006\n").unwrap();
+    drop(f);
+    let err = load_file(&path).err().expect("rejected");
+    let p = &err.problems[0];
+    assert_eq!(p.key, "rewrite[0].to");
+    assert_eq!(
+        p.origin.as_deref(),
+        Some(format!("{}:7", path.display()).as_str())
+    );
+    assert!(
+        err.to_string()
+            .contains("rewrite[0].to: 1006 may not be sent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn effective_config_names_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, "[listen]\naddress = \"127.0.0.1:1\"\n").unwrap();
+    let loaded = load_file(&path).unwrap();
+    let entry = |key: &str| {
+        loaded
+            .effective
+            .iter()
+            .find(|e| e.key == key)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        entry("listen.address").origin,
+        format!("{}:2", path.display())
+    );
+    assert_eq!(entry("listen.address").value, "\"127.0.0.1:1\"");
+    assert_eq!(entry("listen.max_connections").origin, "default");
+    assert!(loaded.effective.len() > 30);
+}

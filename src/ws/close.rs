@@ -1,0 +1,458 @@
+//! The close-code pipeline (SPEC §3.2), as pure functions: what a close from either side
+//! becomes on the other side. The session loop (`session.rs`) only executes these
+//! decisions; config validation uses `is_sendable` for every code an operator configures.
+
+use std::ops::RangeInclusive;
+
+/// RFC 6455 §5.5: a close frame's payload is at most 125 bytes, two of them the code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+pub const NORMAL: u16 = 1000;
+pub const GOING_AWAY: u16 = 1001;
+pub const PROTOCOL_ERROR: u16 = 1002;
+pub const INVALID_PAYLOAD: u16 = 1007;
+pub const POLICY_VIOLATION: u16 = 1008;
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+pub const INTERNAL_ERROR: u16 = 1011;
+pub const SERVICE_RESTART: u16 = 1012;
+/// Pseudo-code: a close frame without a status code.
+pub const NO_STATUS: u16 = 1005;
+/// Pseudo-code: the connection ended without a close frame.
+pub const ABNORMAL: u16 = 1006;
+/// Pseudo-code: the TLS handshake failed.
+pub const TLS_FAILURE: u16 = 1015;
+
+/// May this code appear in a close frame on the wire? (RFC 6455 §7.4, IANA registry)
+pub fn is_sendable(code: u16) -> bool {
+    match code {
+        1004 | NO_STATUS | ABNORMAL | TLS_FAILURE => false,
+        1000..=1015 => true,
+        1016..=2999 => false,
+        3000..=4999 => true,
+        _ => false,
+    }
+}
+
+/// The longest prefix of `text` that fits in `max` bytes without splitting a character.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Which way a close travels through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ToClient,
+    ToUpstream,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToClient => "to_client",
+            Direction::ToUpstream => "to_upstream",
+        }
+    }
+}
+
+/// One `[[rewrite]]` entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteRule {
+    pub direction: Direction,
+    pub from: RangeInclusive<u16>,
+    pub to: u16,
+    /// `None` keeps the original reason.
+    pub reason: Option<String>,
+}
+
+/// A close as one side sent it (or as holdfast models what happened: 1005/1006 pseudo-codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What is actually written: `None` is an empty close frame (no code, no reason).
+pub type WireClose = Option<Close>;
+
+/// Applies the first matching rule of `direction`; returns the close unchanged if none matches.
+pub fn rewrite(close: Close, direction: Direction, rules: &[RewriteRule]) -> Close {
+    match rules
+        .iter()
+        .find(|r| r.direction == direction && r.from.contains(&close.code))
+    {
+        Some(rule) => Close {
+            code: rule.to,
+            reason: rule.reason.clone().unwrap_or(close.reason),
+        },
+        None => close,
+    }
+}
+
+/// The last step before the wire: codes that must never be sent are replaced
+/// (1005 → an empty close frame; 1006, 1015 and anything unsendable → 1011) and the
+/// reason is cut to 123 bytes on a character boundary.
+pub fn to_wire(close: Close) -> WireClose {
+    if close.code == NO_STATUS {
+        return None;
+    }
+    let code = if is_sendable(close.code) {
+        close.code
+    } else {
+        INTERNAL_ERROR
+    };
+    let reason = truncate_utf8(&close.reason, MAX_REASON_BYTES).to_owned();
+    Some(Close { code, reason })
+}
+
+/// How the upstream side of a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamEnd {
+    /// A close frame arrived; an empty one is code 1005.
+    Closed(Close),
+    /// TCP ended (or reset) without a close frame.
+    Vanished,
+    /// The upstream broke the protocol (bad frame, disallowed close code, …).
+    ProtocolError,
+    /// The upstream sent a message or frame over `max_message_size` / `max_frame_size`.
+    TooBig,
+    /// The upstream sent a text message that is not UTF-8.
+    InvalidUtf8,
+}
+
+impl UpstreamEnd {
+    /// The code this end is reported as (metrics, logs, rewrite matching).
+    pub fn as_close(&self) -> Close {
+        match self {
+            UpstreamEnd::Closed(close) => close.clone(),
+            UpstreamEnd::Vanished => Close::new(ABNORMAL, ""),
+            // Upstream misbehaviour is not the client's fault: never 1002 to the client.
+            UpstreamEnd::ProtocolError => Close::new(INTERNAL_ERROR, "upstream protocol error"),
+            UpstreamEnd::TooBig => Close::new(INTERNAL_ERROR, "upstream message too big"),
+            UpstreamEnd::InvalidUtf8 => Close::new(INTERNAL_ERROR, "upstream sent invalid UTF-8"),
+        }
+    }
+
+    /// What holdfast itself sends to the upstream when the upstream is at fault.
+    pub fn verdict_for_upstream(&self) -> Option<Close> {
+        match self {
+            UpstreamEnd::ProtocolError => Some(Close::new(PROTOCOL_ERROR, "protocol error")),
+            UpstreamEnd::TooBig => Some(Close::new(MESSAGE_TOO_BIG, "message too big")),
+            UpstreamEnd::InvalidUtf8 => Some(Close::new(INVALID_PAYLOAD, "invalid UTF-8")),
+            UpstreamEnd::Closed(_) | UpstreamEnd::Vanished => None,
+        }
+    }
+}
+
+/// The part of the configuration the close pipeline reads.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseRules<'a> {
+    /// `restart.hold`, and whether this session can hold at all right now.
+    pub hold: bool,
+    pub restart_codes: &'a [u16],
+    pub on_disconnect: bool,
+    pub rewrites: &'a [RewriteRule],
+}
+
+/// What to do when the upstream side ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamDecision {
+    /// SPEC §3.3: keep the client, reconnect upstream. Nothing reaches the client.
+    Hold,
+    /// Close the client with `close` (rewritten; policy context and `to_wire` still to apply).
+    Forward { original: u16, close: Close },
+}
+
+/// SPEC §3.2 steps 1–2: hold, or rewrite for the client. Step 3 (policy context for 1008)
+/// and step 4 (`to_wire`) follow in the session, in that order.
+pub fn on_upstream_end(end: &UpstreamEnd, rules: &CloseRules<'_>) -> UpstreamDecision {
+    let restart = match end {
+        UpstreamEnd::Closed(close) => rules.restart_codes.contains(&close.code),
+        UpstreamEnd::Vanished => rules.on_disconnect,
+        _ => false,
+    };
+    if rules.hold && restart {
+        return UpstreamDecision::Hold;
+    }
+    let received = end.as_close();
+    let original = received.code;
+    UpstreamDecision::Forward {
+        original,
+        close: rewrite(received, Direction::ToClient, rules.rewrites),
+    }
+}
+
+/// How the client side of a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEnd {
+    Closed(Close),
+    Vanished,
+    ProtocolError,
+    TooBig,
+    InvalidUtf8,
+}
+
+/// What each side is sent when the client side ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEndDecision {
+    /// holdfast's own verdict to the client (1002/1007/1009), if the client was at fault.
+    pub to_client: Option<WireClose>,
+    /// The code the client's end is reported as, before rewriting.
+    pub original: u16,
+    pub to_upstream: WireClose,
+}
+
+/// The client's close is rewritten (`to_upstream` rules) and passed on; a client that broke
+/// the protocol gets the matching code and the upstream hears that the client went away.
+pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDecision {
+    let (to_client, received) = match end {
+        ClientEnd::Closed(close) => (None, close.clone()),
+        ClientEnd::Vanished => (None, Close::new(GOING_AWAY, "client went away")),
+        ClientEnd::ProtocolError => (
+            Some(Close::new(PROTOCOL_ERROR, "protocol error")),
+            Close::new(GOING_AWAY, "client protocol error"),
+        ),
+        ClientEnd::TooBig => (
+            Some(Close::new(MESSAGE_TOO_BIG, "message too big")),
+            Close::new(GOING_AWAY, "client message too big"),
+        ),
+        ClientEnd::InvalidUtf8 => (
+            Some(Close::new(INVALID_PAYLOAD, "invalid UTF-8")),
+            Close::new(GOING_AWAY, "client sent invalid UTF-8"),
+        ),
+    };
+    ClientEndDecision {
+        to_client: to_client.map(to_wire),
+        original: received.code,
+        to_upstream: to_wire(rewrite(received, Direction::ToUpstream, rewrites)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        direction: Direction,
+        from: RangeInclusive<u16>,
+        to: u16,
+        reason: Option<&str>,
+    ) -> RewriteRule {
+        RewriteRule {
+            direction,
+            from,
+            to,
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn sendable_codes() {
+        let table = [
+            (999, false),
+            (1000, true),
+            (1003, true),
+            (1004, false),
+            (1005, false),
+            (1006, false),
+            (1008, true),
+            (1012, true),
+            (1014, true),
+            (1015, false),
+            (1016, false),
+            (2999, false),
+            (3000, true),
+            (4999, true),
+            (5000, false),
+        ];
+        for (code, expected) in table {
+            assert_eq!(is_sendable(code), expected, "code {code}");
+        }
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate_utf8("abc", 123), "abc");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = truncate_utf8(&long, 123);
+        assert_eq!(cut.len(), 122);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_utf8("€", 2), "");
+    }
+
+    #[test]
+    fn rewrite_first_match_wins_and_respects_direction() {
+        let rules = [
+            rule(Direction::ToUpstream, 4000..=4099, 1000, None),
+            rule(
+                Direction::ToClient,
+                4000..=4099,
+                1008,
+                Some("application policy"),
+            ),
+            rule(Direction::ToClient, 4050..=4050, 1000, None),
+            rule(
+                Direction::ToClient,
+                1006..=1006,
+                1001,
+                Some("upstream gone"),
+            ),
+        ];
+        let table = [
+            (Direction::ToClient, 4050, "x", 1008, "application policy"),
+            (Direction::ToUpstream, 4050, "x", 1000, "x"),
+            (Direction::ToClient, 4100, "x", 4100, "x"),
+            (Direction::ToClient, 1006, "", 1001, "upstream gone"),
+            (Direction::ToUpstream, 1006, "", 1006, ""),
+        ];
+        for (dir, code, reason, want_code, want_reason) in table {
+            let out = rewrite(Close::new(code, reason), dir, &rules);
+            assert_eq!(out, Close::new(want_code, want_reason), "{dir:?} {code}");
+        }
+    }
+
+    #[test]
+    fn reserved_codes_never_reach_the_wire() {
+        let table = [
+            (1005, None),
+            (1006, Some(1011)),
+            (1015, Some(1011)),
+            (1004, Some(1011)),
+            (2000, Some(1011)),
+            (1000, Some(1000)),
+            (4001, Some(4001)),
+        ];
+        for (code, want) in table {
+            let out = to_wire(Close::new(code, "r"));
+            assert_eq!(out.map(|c| c.code), want, "code {code}");
+        }
+        let long = to_wire(Close::new(1000, "x".repeat(200))).unwrap();
+        assert_eq!(long.reason.len(), MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn upstream_end_decisions() {
+        let rewrites = [rule(Direction::ToClient, 4000..=4099, 1008, None)];
+        let holding = CloseRules {
+            hold: true,
+            restart_codes: &[1012, 4500],
+            on_disconnect: true,
+            rewrites: &rewrites,
+        };
+        let passing = CloseRules {
+            hold: false,
+            ..holding
+        };
+        let no_disconnect = CloseRules {
+            on_disconnect: false,
+            ..holding
+        };
+        let closed = |code| UpstreamEnd::Closed(Close::new(code, "why"));
+        let fwd = |original, code: u16, reason: &str| UpstreamDecision::Forward {
+            original,
+            close: Close::new(code, reason),
+        };
+        let table = [
+            (closed(1012), holding, UpstreamDecision::Hold),
+            (closed(4500), holding, UpstreamDecision::Hold),
+            (UpstreamEnd::Vanished, holding, UpstreamDecision::Hold),
+            (closed(1012), passing, fwd(1012, 1012, "why")),
+            (UpstreamEnd::Vanished, passing, fwd(1006, 1006, "")),
+            (UpstreamEnd::Vanished, no_disconnect, fwd(1006, 1006, "")),
+            (closed(4001), holding, fwd(4001, 1008, "why")),
+            (closed(1000), holding, fwd(1000, 1000, "why")),
+            (
+                UpstreamEnd::ProtocolError,
+                holding,
+                fwd(1011, 1011, "upstream protocol error"),
+            ),
+            (
+                UpstreamEnd::TooBig,
+                holding,
+                fwd(1011, 1011, "upstream message too big"),
+            ),
+        ];
+        for (end, rules, want) in table {
+            assert_eq!(on_upstream_end(&end, &rules), want, "{end:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_faults_are_answered_on_the_upstream_side() {
+        assert_eq!(
+            UpstreamEnd::ProtocolError
+                .verdict_for_upstream()
+                .map(|c| c.code),
+            Some(1002)
+        );
+        assert_eq!(
+            UpstreamEnd::TooBig.verdict_for_upstream().map(|c| c.code),
+            Some(1009)
+        );
+        assert_eq!(
+            UpstreamEnd::InvalidUtf8
+                .verdict_for_upstream()
+                .map(|c| c.code),
+            Some(1007)
+        );
+        assert_eq!(UpstreamEnd::Vanished.verdict_for_upstream(), None);
+    }
+
+    #[test]
+    fn client_end_decisions() {
+        let rewrites = [rule(Direction::ToUpstream, 4000..=4999, 1000, Some("bye"))];
+        let table = [
+            (
+                ClientEnd::Closed(Close::new(4002, "app")),
+                None,
+                Some(Close::new(1000, "bye")),
+            ),
+            (
+                ClientEnd::Closed(Close::new(1000, "done")),
+                None,
+                Some(Close::new(1000, "done")),
+            ),
+            (ClientEnd::Closed(Close::new(1005, "")), None, None),
+            (
+                ClientEnd::TooBig,
+                Some(Some(Close::new(1009, "message too big"))),
+                Some(Close::new(1001, "client message too big")),
+            ),
+            (
+                ClientEnd::InvalidUtf8,
+                Some(Some(Close::new(1007, "invalid UTF-8"))),
+                Some(Close::new(1001, "client sent invalid UTF-8")),
+            ),
+            (
+                ClientEnd::ProtocolError,
+                Some(Some(Close::new(1002, "protocol error"))),
+                Some(Close::new(1001, "client protocol error")),
+            ),
+            (
+                ClientEnd::Vanished,
+                None,
+                Some(Close::new(1001, "client went away")),
+            ),
+        ];
+        for (end, to_client, to_upstream) in table {
+            let d = on_client_end(&end, &rewrites);
+            assert_eq!(d.to_client, to_client, "{end:?}");
+            assert_eq!(d.to_upstream, to_upstream, "{end:?}");
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! WebSocket side of the proxy.
+pub mod close;
