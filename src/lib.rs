@@ -1,4 +1,23 @@
-//! holdfast: a WebSocket-aware reverse proxy.
+//! holdfast: a WebSocket-aware reverse proxy that keeps clients connected across upstream
+//! restarts (SPEC §3.3), explains policy closes (§3.4) and rewrites close codes (§3.2).
+//!
+//! Module map:
+//! * `config`   — figment loading, validation into `Config`, `holdfast check` report
+//! * `app`      — `App::build` (bind, TLS) and `App::run` (serve, drain)
+//! * `listener` — accept loop, `max_connections`, TLS handshake
+//! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
+//! * `forward`  — plain HTTP passthrough to the upstream
+//! * `ws`       — handshake, the session task, the close-code pipeline
+//! * `upstream` — endpoint pool, resolution, dial (TCP + TLS)
+//! * `tls`      — rustls configs for both hops
+
+pub mod app;
 pub mod config;
+pub mod forward;
+pub mod http;
+pub mod listener;
 pub mod tls;
+pub mod upstream;
 pub mod ws;
+
+pub use app::App;

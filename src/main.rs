@@ -1,1 +1,119 @@
-fn main() {}
+//! The `holdfast` binary: CLI (clap), logging setup, signals and exit codes
+//! (0 clean shutdown, 2 bad config or usage, 1 runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use holdfast::config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "WebSocket-aware reverse proxy that holds clients across upstream restarts"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "HOLDFAST_CONFIG",
+        default_value = "proxy.toml"
+    )]
+    config: PathBuf,
+    /// Log level (overridden by HOLDFAST_LOG, which takes tracing filter directives).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print every effective key with its origin.
+    Check,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = std::env::var("HOLDFAST_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let loaded = match config::load_file(&cli.config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("holdfast: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            println!("# {}: valid", cli.config.display());
+            let width = loaded
+                .effective
+                .iter()
+                .map(|e| e.key.len() + e.value.len() + 3)
+                .max()
+                .unwrap_or(0);
+            for entry in &loaded.effective {
+                let line = format!("{} = {}", entry.key, entry.value);
+                println!("{line:width$}  # {}", entry.origin);
+            }
+            ExitCode::SUCCESS
+        }
+        None => run(loaded.config),
+    }
+}
+
+fn run(config: config::Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("holdfast: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let app = match holdfast::App::build(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("holdfast: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(address = %app.proxy_addr(), "holdfast listening");
+        app.run(shutdown_signal()).await;
+        tracing::info!("holdfast stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -252,7 +252,15 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// Loads a configuration from TOML text over the defaults, ignoring the environment.
 /// Used by tests and the demo.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    load_figment(defaults().merge(Toml::string(text))).map(|loaded| loaded.config)
+    from_toml_layers(&[text])
+}
+
+/// Like [`from_toml_str`], merging several TOML texts in order (later ones win).
+pub fn from_toml_layers(layers: &[&str]) -> Result<Config, ConfigError> {
+    let figment = layers.iter().fold(defaults(), |figment, layer| {
+        figment.merge(Toml::string(layer))
+    });
+    load_figment(figment).map(|loaded| loaded.config)
 }
 
 fn defaults() -> Figment {

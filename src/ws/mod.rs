@@ -1,2 +1,123 @@
-//! WebSocket side of the proxy.
+//! The WebSocket side of the proxy: `handshake` (validate, dial upstream, 101),
+//! `session` (the relay task), `close` (the close-code pipeline, pure).
+
 pub mod close;
+pub mod handshake;
+pub mod session;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::app::Shared;
+use crate::config::{self, Config};
+use crate::http::{Body, ConnInfo};
+use crate::upstream;
+use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
+
+/// tungstenite buffers sized for many mostly idle sessions: a 4 KiB read buffer (grown only
+/// while a larger frame is being read) and no write buffer (each frame is written straight
+/// through). Defaults would cost ~274 KB per proxied session (see docs/LIFECYCLE.md).
+pub fn socket_config(ws: &config::WebSocket) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(ws.max_message_size))
+        .max_frame_size(Some(ws.max_frame_size))
+}
+
+fn new_session_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Opens the upstream WebSocket for `template`, trying each endpoint once in pool order.
+/// An upstream that answers with an HTTP status is final: the client gets that answer.
+pub async fn open_upstream(
+    template: &UpstreamTemplate,
+    config: &Config,
+    pool: &upstream::Pool,
+    resume: u32,
+) -> Result<UpstreamSocket, HandshakeError> {
+    let endpoints = &config.upstream.endpoints;
+    let mut last = None;
+    for _ in 0..endpoints.len() {
+        let endpoint = pool.pick(endpoints);
+        let request = template.request(endpoint, resume)?;
+        let io = match upstream::dial(endpoint, &config.upstream).await {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(upstream = %endpoint, error = %e, "upstream connect failed");
+                last = Some(HandshakeError::Unreachable(e));
+                continue;
+            }
+        };
+        match handshake::upstream_handshake(request, io, socket_config(&config.websocket)).await {
+            Err(e @ HandshakeError::UpstreamProtocol(_)) => {
+                tracing::warn!(upstream = %endpoint, error = %e, "upstream handshake failed");
+                last = Some(e);
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("at least one endpoint is configured"))
+}
+
+/// Handles a WebSocket upgrade: validate, open the upstream first, answer 101, and spawn
+/// the session task on the upgraded connection.
+pub async fn accept(
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let config = shared.config.load_full();
+    let reject = |e: HandshakeError| {
+        tracing::info!(peer = %conn.peer, status = e.status().as_u16(), reason = %e, "handshake rejected");
+        e.into_response()
+    };
+    let offer = match handshake::validate_upgrade(
+        req.method(),
+        req.headers(),
+        &config.websocket.allowed_origins,
+    ) {
+        Ok(offer) => offer,
+        Err(e) => return reject(e),
+    };
+    let session_id = new_session_id();
+    let template =
+        UpstreamTemplate::new(req.uri(), req.headers(), conn.peer, conn.tls, &session_id);
+    let opened = tokio::time::timeout(
+        config.listen.handshake_timeout,
+        open_upstream(&template, &config, &shared.pool, 0),
+    )
+    .await;
+    let upstream = match opened {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => return reject(e),
+        Err(_) => return reject(HandshakeError::UpstreamTimeout),
+    };
+    let response = handshake::switching_protocols(&offer, &upstream.response);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = socket_config(&config.websocket);
+    let shutdown = shared.shutdown.child_token();
+    shared.tracker.spawn(async move {
+        let permit = conn.permit;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(session = %session_id, error = %e, "client upgrade did not complete");
+                return;
+            }
+        };
+        let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
+        session::Session::new(client, upstream.socket, template, conn.peer, config, shutdown)
+            .run()
+            .await;
+        drop(permit);
+    });
+    response
+}

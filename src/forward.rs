@@ -1,0 +1,89 @@
+//! Plain HTTP passthrough (SPEC §3.1): a non-upgrade request is sent to the next upstream
+//! endpoint (`http`/`https` for `ws`/`wss`) with its body streamed both ways, hop-by-hop
+//! headers removed and `X-Forwarded-*` added. An unreachable upstream is a 502.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::app::Shared;
+use crate::http::{Body, ConnInfo, full};
+use crate::upstream;
+use crate::ws::handshake::{add_forwarded, copy_end_to_end};
+
+fn bad_gateway(why: impl std::fmt::Display) -> Response<Body> {
+    let mut response = Response::new(full(format!("bad gateway: {why}\n")));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pub async fn forward(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let config = shared.config.load_full();
+    let endpoint = shared.pool.pick(&config.upstream.endpoints).clone();
+    let io = match upstream::dial(&endpoint, &config.upstream).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(upstream = %endpoint, error = %e, "HTTP passthrough: upstream unreachable");
+            return bad_gateway(e);
+        }
+    };
+    // One upstream connection per request: passthrough is for the occasional health check
+    // or asset next to the WebSocket, not a high-volume HTTP path.
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+            Ok(pair) => pair,
+            Err(e) => return bad_gateway(e),
+        };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "HTTP passthrough upstream connection ended with an error");
+        }
+    });
+
+    let (parts, body) = req.into_parts();
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let headers = builder.headers_mut().expect("builder has no error yet");
+    copy_end_to_end(&parts.headers, headers, &[header::HOST]);
+    add_forwarded(
+        headers,
+        conn.peer,
+        conn.tls,
+        parts.headers.get(header::HOST),
+        false,
+    );
+    if let Ok(host) = HeaderValue::from_str(&endpoint.authority()) {
+        headers.insert(header::HOST, host);
+    }
+    let outgoing = match builder.body(body) {
+        Ok(r) => r,
+        Err(e) => return bad_gateway(e),
+    };
+    match sender.send_request(outgoing).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let mut out = Response::new(body.boxed());
+            *out.status_mut() = parts.status;
+            copy_end_to_end(&parts.headers, out.headers_mut(), &[]);
+            out
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %endpoint, error = %e, "HTTP passthrough: upstream failed");
+            bad_gateway(e)
+        }
+    }
+}

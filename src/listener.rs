@@ -1,0 +1,64 @@
+//! The accept loop: takes a bound listener, applies `max_connections` (a semaphore permit
+//! per connection; connections without one are answered 503), runs the TLS handshake
+//! within `handshake_timeout`, and hands each connection to `http::serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::Shared;
+use crate::http::{self, ConnInfo};
+
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    let mut accept_errors = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors or similar: log (rate-limited), back off briefly
+                // instead of spinning, keep serving the sessions we have.
+                accept_errors += 1;
+                if accept_errors.is_power_of_two() {
+                    tracing::warn!(error = %e, count = accept_errors, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let permit = shared
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(Arc::new);
+        let conn = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+            permit,
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let handshake_timeout = shared.config.load().listen.handshake_timeout;
+        tokio::spawn(async move {
+            match tls {
+                None => http::serve(tcp, conn, shared).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => http::serve(stream, conn, shared).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,463 @@
+//! The WebSocket handshake: validate the client's upgrade (pure), build the upstream
+//! request from it (pure), dial the upstream WebSocket before answering the client, and
+//! answer 101 — or the one status that says what went wrong (`HandshakeError`).
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Endpoint;
+use crate::http::{Body, full, is_hop_by_hop};
+use crate::upstream::{DialError, UpstreamIo};
+
+pub const X_HOLDFAST_SESSION: &str = "x-holdfast-session";
+pub const X_HOLDFAST_RESUME: &str = "x-holdfast-resume";
+
+/// Why a handshake was refused; `into_response` is the one place this becomes a status.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("bad WebSocket handshake: {0}")]
+    BadRequest(&'static str),
+    #[error("unsupported WebSocket version")]
+    Version,
+    #[error("origin not allowed")]
+    Origin,
+    #[error("over max_connections")]
+    Overloaded,
+    #[error("upstream unreachable: {0}")]
+    Unreachable(#[from] DialError),
+    #[error("upstream did not complete the handshake in time")]
+    UpstreamTimeout,
+    #[error("upstream handshake failed: {0}")]
+    UpstreamProtocol(String),
+    /// The upstream answered with an HTTP status instead of 101: relayed as is.
+    #[error("upstream refused with {}", .0.status())]
+    Refused(Response<Option<Vec<u8>>>),
+}
+
+impl HandshakeError {
+    /// The status for `holdfast_handshakes_rejected_total` and the response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
+            HandshakeError::Origin => StatusCode::FORBIDDEN,
+            HandshakeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::Unreachable(_) | HandshakeError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            HandshakeError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            HandshakeError::Refused(r) => r.status(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut response = match self {
+            HandshakeError::Refused(upstream) => {
+                let (parts, body) = upstream.into_parts();
+                let mut response = Response::new(full(body.unwrap_or_default()));
+                *response.status_mut() = parts.status;
+                copy_end_to_end(
+                    &parts.headers,
+                    response.headers_mut(),
+                    &[header::CONTENT_LENGTH],
+                );
+                return response;
+            }
+            other => Response::new(full(format!("{other}\n"))),
+        };
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::UPGRADE_REQUIRED {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Is this request asking for a WebSocket? (`Upgrade: websocket`, any case.)
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// What the client offered, once validated.
+#[derive(Debug, Clone)]
+pub struct ClientOffer {
+    pub key: HeaderValue,
+}
+
+/// RFC 6455 §4.2.1 checks, in the order that gives the most useful status.
+pub fn validate_upgrade(
+    method: &Method,
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+) -> Result<ClientOffer, HandshakeError> {
+    if method != Method::GET {
+        return Err(HandshakeError::BadRequest("method must be GET"));
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::BadRequest(
+            "Connection header must contain Upgrade",
+        ));
+    }
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v == "13" => {}
+        Some(_) => return Err(HandshakeError::Version),
+        None => return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Version")),
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(HandshakeError::BadRequest("missing Sec-WebSocket-Key"))?;
+    // The key is 16 random bytes, base64: always 24 characters ending in "==".
+    if key.len() != 24 || !key.as_bytes().ends_with(b"==") {
+        return Err(HandshakeError::BadRequest("malformed Sec-WebSocket-Key"));
+    }
+    if !allowed_origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| allowed_origins.iter().any(|a| a == o)) {
+            return Err(HandshakeError::Origin);
+        }
+    }
+    Ok(ClientOffer { key: key.clone() })
+}
+
+/// Headers never forwarded from the client to the upstream WebSocket: tungstenite writes
+/// its own handshake headers, extensions are not negotiated (SPEC §3.1), and holdfast's
+/// own headers cannot be spoofed by a client.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "content-length",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    X_HOLDFAST_SESSION,
+    X_HOLDFAST_RESUME,
+];
+
+/// Copies end-to-end headers (not hop-by-hop, not named by `Connection`, not in `skip`).
+pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, skip: &[HeaderName]) {
+    let named_by_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in from {
+        if is_hop_by_hop(name)
+            || skip.contains(name)
+            || named_by_connection.iter().any(|n| n == name.as_str())
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended to any existing list), `-Proto` and `-Host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    ws: bool,
+) {
+    let ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let proto = match (ws, tls) {
+        (true, true) => "wss",
+        (true, false) => "ws",
+        (false, true) => "https",
+        (false, false) => "http",
+    };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+}
+
+/// Everything needed to (re)open the upstream WebSocket the same way each time.
+#[derive(Debug, Clone)]
+pub struct UpstreamTemplate {
+    pub session_id: String,
+    pub path_and_query: String,
+    /// End-to-end client headers plus `X-Forwarded-*` and `X-Holdfast-Session`.
+    pub headers: HeaderMap,
+}
+
+impl UpstreamTemplate {
+    pub fn new(
+        uri: &http::Uri,
+        client_headers: &HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+        session_id: &str,
+    ) -> Self {
+        let skip: Vec<HeaderName> = NOT_FORWARDED
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        let mut headers = HeaderMap::new();
+        copy_end_to_end(client_headers, &mut headers, &skip);
+        add_forwarded(
+            &mut headers,
+            peer,
+            tls,
+            client_headers.get(header::HOST),
+            true,
+        );
+        headers.insert(
+            X_HOLDFAST_SESSION,
+            HeaderValue::from_str(session_id).expect("session ids are hex"),
+        );
+        Self {
+            session_id: session_id.to_owned(),
+            path_and_query: uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+            headers,
+        }
+    }
+
+    /// The client request for `endpoint`; `resume` > 0 adds `X-Holdfast-Resume`.
+    pub fn request(&self, endpoint: &Endpoint, resume: u32) -> Result<Request<()>, HandshakeError> {
+        let url = format!("{endpoint}{}", self.path_and_query);
+        let mut request = url
+            .into_client_request()
+            .map_err(|_| HandshakeError::BadRequest("request target cannot be forwarded"))?;
+        let headers = request.headers_mut();
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if resume > 0 {
+            headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
+        }
+        Ok(request)
+    }
+
+    /// The subprotocols the client offered, if any.
+    pub fn offered_protocols(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::SEC_WEBSOCKET_PROTOCOL)
+    }
+}
+
+/// The upstream's side of a completed handshake.
+pub struct UpstreamSocket {
+    pub socket: WebSocketStream<UpstreamIo>,
+    pub response: Response<Option<Vec<u8>>>,
+}
+
+impl UpstreamSocket {
+    pub fn protocol(&self) -> Option<&HeaderValue> {
+        self.response.headers().get(header::SEC_WEBSOCKET_PROTOCOL)
+    }
+}
+
+/// Performs the WebSocket handshake with an upstream over an already dialled connection.
+pub async fn upstream_handshake(
+    request: Request<()>,
+    io: UpstreamIo,
+    config: WebSocketConfig,
+) -> Result<UpstreamSocket, HandshakeError> {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
+        Ok((socket, response)) => Ok(UpstreamSocket { socket, response }),
+        Err(Error::Http(response)) => Err(HandshakeError::Refused(*response)),
+        Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),
+        Err(other) => Err(HandshakeError::UpstreamProtocol(other.to_string())),
+    }
+}
+
+/// The client's 101: accept key, the upstream's chosen subprotocol and its other
+/// end-to-end headers (e.g. `Set-Cookie`).
+pub fn switching_protocols(
+    offer: &ClientOffer,
+    upstream: &Response<Option<Vec<u8>>>,
+) -> Response<Body> {
+    let mut response = Response::new(full(Vec::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    let skip = [
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::CONTENT_LENGTH,
+    ];
+    copy_end_to_end(upstream.headers(), headers, &skip);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = derive_accept_key(offer.key.as_bytes());
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    if let Some(protocol) = upstream.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn upgrade_validation_statuses() {
+        let status = |method: Method, h: HeaderMap, origins: &[String]| {
+            validate_upgrade(&method, &h, origins)
+                .err()
+                .map(|e| e.status().as_u16())
+        };
+        let without = |name: &str| {
+            headers(
+                &GOOD
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| *k != name)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let with = |name: &str, value: &str| {
+            let mut h = headers(GOOD);
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            h
+        };
+        let allowed = vec!["https://app.example".to_owned()];
+        assert_eq!(status(Method::GET, headers(GOOD), &[]), None);
+        assert_eq!(status(Method::POST, headers(GOOD), &[]), Some(400));
+        assert_eq!(
+            status(Method::GET, without("sec-websocket-key"), &[]),
+            Some(400)
+        );
+        assert_eq!(
+            status(Method::GET, with("sec-websocket-key", "short"), &[]),
+            Some(400)
+        );
+        assert_eq!(status(Method::GET, without("connection"), &[]), Some(400));
+        assert_eq!(
+            status(Method::GET, with("sec-websocket-version", "8"), &[]),
+            Some(426)
+        );
+        assert_eq!(status(Method::GET, headers(GOOD), &allowed), Some(403));
+        assert_eq!(
+            status(
+                Method::GET,
+                with("origin", "https://evil.example"),
+                &allowed
+            ),
+            Some(403)
+        );
+        assert_eq!(
+            status(Method::GET, with("origin", "https://app.example"), &allowed),
+            None
+        );
+    }
+
+    #[test]
+    fn template_forwards_end_to_end_headers_only() {
+        let mut h = headers(GOOD);
+        for (k, v) in [
+            ("host", "proxy.example"),
+            ("cookie", "a=1"),
+            ("authorization", "Bearer x"),
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-holdfast-session", "spoofed"),
+            ("keep-alive", "timeout=5"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let uri: http::Uri = "/chat?room=1".parse().unwrap();
+        let t = UpstreamTemplate::new(&uri, &h, "127.0.0.1:5555".parse().unwrap(), false, "abc123");
+        assert_eq!(t.path_and_query, "/chat?room=1");
+        let out = &t.headers;
+        assert_eq!(out["cookie"], "a=1");
+        assert_eq!(out["authorization"], "Bearer x");
+        assert_eq!(out["sec-websocket-protocol"], "chat, superchat");
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(out["x-forwarded-proto"], "ws");
+        assert_eq!(out["x-forwarded-host"], "proxy.example");
+        assert_eq!(out["x-holdfast-session"], "abc123");
+        for absent in [
+            "sec-websocket-extensions",
+            "sec-websocket-key",
+            "host",
+            "keep-alive",
+            "upgrade",
+            "connection",
+        ] {
+            assert!(!out.contains_key(absent), "{absent} must not be forwarded");
+        }
+        let endpoint = Endpoint {
+            secure: false,
+            host: "127.0.0.1".into(),
+            port: 9000,
+        };
+        let req = t.request(&endpoint, 2).unwrap();
+        assert_eq!(req.uri(), "ws://127.0.0.1:9000/chat?room=1");
+        assert_eq!(req.headers()["x-holdfast-resume"], "2");
+        assert_eq!(req.headers().get_all("sec-websocket-key").iter().count(), 1);
+    }
+}

@@ -1,0 +1,368 @@
+//! Test fixtures: a scripted upstream WebSocket server, a proxy builder, client helpers
+//! and TLS material. Everything binds 127.0.0.1:0; nothing sleeps to wait for readiness.
+//!
+//! The upstream follows a script driven by message content, so each test reads as a story:
+//! `close <code> [reason]`, `close-empty`, `abort`, `big <bytes>`, `bad-utf8`,
+//! `raw-close <code>`; anything else is echoed back.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use holdfast::App;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Generous bound for anything a test waits on; failing tests fail, they do not hang.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// What the upstream saw, for assertions.
+#[derive(Default, Debug)]
+pub struct UpstreamLog {
+    pub handshakes: Vec<Request>,
+    /// Text and binary messages, in arrival order across all connections.
+    pub received: Vec<Message>,
+    /// The close frame each connection received from the proxy (None: empty close).
+    pub closes: Vec<Option<CloseFrame>>,
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<UpstreamLog>>,
+    changed: Arc<Notify>,
+}
+
+impl TestUpstream {
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Waits until `check` holds for the log.
+    pub async fn wait_for(&self, what: &str, check: impl Fn(&UpstreamLog) -> bool) {
+        within(what, async {
+            loop {
+                let notified = self.changed.notified();
+                if check(&self.log.lock().unwrap()) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+
+    pub fn handshake(&self, i: usize) -> Request {
+        self.log.lock().unwrap().handshakes[i].clone()
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct UpstreamBuilder {
+    /// Subprotocol to choose (must be among those offered).
+    protocol: Option<String>,
+    refuse: Option<(u16, String)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl UpstreamBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn protocol(mut self, p: &str) -> Self {
+        self.protocol = Some(p.into());
+        self
+    }
+    pub fn refuse(mut self, status: u16, body: &str) -> Self {
+        self.refuse = Some((status, body.into()));
+        self
+    }
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    pub async fn start(self) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(UpstreamLog::default()));
+        let changed = Arc::new(Notify::new());
+        let (log2, changed2) = (log.clone(), changed.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (this, log, changed) = (self.clone(), log2.clone(), changed2.clone());
+                tokio::spawn(async move {
+                    match this.tls.clone() {
+                        Some(tls) => {
+                            if let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await
+                            {
+                                this.serve(stream, log, changed).await
+                            }
+                        }
+                        None => this.serve(tcp, log, changed).await,
+                    }
+                });
+            }
+        });
+        TestUpstream { addr, log, changed }
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        stream: S,
+        log: Arc<Mutex<UpstreamLog>>,
+        changed: Arc<Notify>,
+    ) {
+        let (log_cb, changed_cb) = (log.clone(), changed.clone());
+        let callback =
+            move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                log_cb.lock().unwrap().handshakes.push(req.clone());
+                changed_cb.notify_waiters();
+                if let Some((status, body)) = &self.refuse {
+                    let mut refusal = ErrorResponse::new(Some(body.clone()));
+                    *refusal.status_mut() = http::StatusCode::from_u16(*status).unwrap();
+                    return Err(refusal);
+                }
+                if let Some(p) = &self.protocol {
+                    resp.headers_mut()
+                        .insert("sec-websocket-protocol", p.parse().unwrap());
+                }
+                Ok(resp)
+            };
+        // No size limits: the upstream must be able to misbehave.
+        let config = WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let Ok(mut ws) =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
+        else {
+            return;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            let script = match &message {
+                Message::Text(t) => Some(t.to_string()),
+                _ => None,
+            };
+            match message {
+                Message::Close(frame) => {
+                    log.lock().unwrap().closes.push(frame);
+                    changed.notify_waiters();
+                    continue;
+                }
+                Message::Text(_) | Message::Binary(_) => {
+                    log.lock().unwrap().received.push(message.clone());
+                    changed.notify_waiters();
+                }
+                _ => continue,
+            }
+            let words: Vec<&str> = script.as_deref().unwrap_or("").splitn(3, ' ').collect();
+            let reply = match words.as_slice() {
+                ["close", code, rest @ ..] => Some(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code.parse::<u16>().unwrap()),
+                    reason: rest.first().copied().unwrap_or("").into(),
+                }))),
+                ["close-empty"] => Some(Message::Close(None)),
+                ["abort"] => return,
+                ["big", n] => Some(Message::text("x".repeat(n.parse().unwrap()))),
+                ["bad-utf8"] => {
+                    let _ = ws.get_mut().write_all(&[0x81, 0x02, 0xff, 0xfe]).await;
+                    None
+                }
+                ["raw-close", code] => {
+                    let c: u16 = code.parse().unwrap();
+                    let [hi, lo] = c.to_be_bytes();
+                    let _ = ws.get_mut().write_all(&[0x88, 0x02, hi, lo]).await;
+                    None
+                }
+                _ => Some(message),
+            };
+            if let Some(reply) = reply {
+                if ws.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A running proxy; dropping it stops it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts holdfast on 127.0.0.1:0 in front of `endpoints`, with `extra` TOML layered on top.
+    pub async fn start(endpoints: &[String], extra: &str) -> Proxy {
+        let base = format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"\"\n[upstream]\nendpoints = {endpoints:?}\n"
+        );
+        let config =
+            holdfast::config::from_toml_layers(&[&base, extra]).expect("test config is valid");
+        let app = App::build(config).await.expect("proxy binds");
+        let addr = app.proxy_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Starts the proxy's shutdown (drain) and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("proxy shutdown", &mut self.done).await.unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.done.abort();
+    }
+}
+
+pub type Client = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket through `url` (a request can carry extra headers).
+pub async fn connect_request(
+    addr: SocketAddr,
+    request: http::Request<()>,
+) -> Result<(Client, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    within(
+        "client handshake",
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
+    )
+    .await
+}
+
+pub async fn connect(proxy: &Proxy) -> Client {
+    use tungstenite::client::IntoClientRequest;
+    let request = proxy.url("/").into_client_request().unwrap();
+    connect_request(proxy.addr, request)
+        .await
+        .expect("handshake through the proxy")
+        .0
+}
+
+/// The next text/binary/close message (pings and pongs skipped).
+pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Message {
+    within("a message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                Some(Err(e)) => panic!("client read error: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    })
+    .await
+}
+
+pub async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+}
+
+/// Reads until the close frame; returns (code, reason), with code `None` for an empty close.
+pub async fn expect_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> (Option<u16>, String) {
+    match next_message(ws).await {
+        Message::Close(Some(f)) => (Some(u16::from(f.code)), f.reason.to_string()),
+        Message::Close(None) => (None, String::new()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes (or 10 s).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A raw upgrade request with the given extra header lines.
+pub fn upgrade_request(extra: &str) -> Vec<u8> {
+    format!(
+        "GET /chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written to a temp dir.
+pub struct TestCert {
+    pub dir: tempfile::TempDir,
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+        TestCert {
+            cert_der: certified.cert.der().clone(),
+            dir,
+            cert_path,
+            key_path,
+        }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        holdfast::tls::server_config(&self.cert_path, &self.key_path).unwrap()
+    }
+
+    pub fn client_connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
