@@ -242,9 +242,11 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
             None,
         ));
     }
-    let env = Env::prefixed("HOLDFAST_")
-        .split("__")
-        .filter(|key| !NON_CONFIG_ENV.contains(&key.as_str()));
+    let env = Env::prefixed("HOLDFAST_").split("__").filter(|key| {
+        !NON_CONFIG_ENV
+            .iter()
+            .any(|k| key.as_str().eq_ignore_ascii_case(k))
+    });
     let figment = defaults().merge(Toml::file_exact(path)).merge(env);
     load_figment(figment)
 }

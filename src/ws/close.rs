@@ -191,6 +191,13 @@ pub fn on_upstream_end(end: &UpstreamEnd, rules: &CloseRules<'_>) -> UpstreamDec
     }
     let received = end.as_close();
     let original = received.code;
+    // A 1002 from the upstream is about frames holdfast sent it, never the client's doing
+    // (tungstenite also reports a disallowed close code from the peer as 1002).
+    let received = if received.code == PROTOCOL_ERROR {
+        Close::new(INTERNAL_ERROR, "upstream protocol error")
+    } else {
+        received
+    };
     UpstreamDecision::Forward {
         original,
         close: rewrite(received, Direction::ToClient, rules.rewrites),
@@ -376,6 +383,11 @@ mod tests {
             (UpstreamEnd::Vanished, no_disconnect, fwd(1006, 1006, "")),
             (closed(4001), holding, fwd(4001, 1008, "why")),
             (closed(1000), holding, fwd(1000, 1000, "why")),
+            (
+                closed(1002),
+                holding,
+                fwd(1002, 1011, "upstream protocol error"),
+            ),
             (
                 UpstreamEnd::ProtocolError,
                 holding,

@@ -37,7 +37,7 @@ pub enum HandshakeError {
     UpstreamProtocol(String),
     /// The upstream answered with an HTTP status instead of 101: relayed as is.
     #[error("upstream refused with {}", .0.status())]
-    Refused(Response<Option<Vec<u8>>>),
+    Refused(Box<Response<Option<Vec<u8>>>>),
 }
 
 impl HandshakeError {
@@ -56,37 +56,39 @@ impl HandshakeError {
         }
     }
 
+    /// The refusal as an HTTP response. The connection is closed after it: a client whose
+    /// upgrade failed starts over on a fresh connection.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let mut response = match self {
             HandshakeError::Refused(upstream) => {
-                let (parts, body) = upstream.into_parts();
+                let (parts, body) = (*upstream).into_parts();
                 let mut response = Response::new(full(body.unwrap_or_default()));
-                *response.status_mut() = parts.status;
                 copy_end_to_end(
                     &parts.headers,
                     response.headers_mut(),
                     &[header::CONTENT_LENGTH],
                 );
-                return response;
+                response
             }
-            other => Response::new(full(format!("{other}\n"))),
+            other => {
+                let mut response = Response::new(full(format!("{other}\n")));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
         };
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         if status == StatusCode::UPGRADE_REQUIRED {
             headers.insert(
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 }
@@ -302,7 +304,7 @@ pub async fn upstream_handshake(
     use tokio_tungstenite::tungstenite::Error;
     match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
         Ok((socket, response)) => Ok(UpstreamSocket { socket, response }),
-        Err(Error::Http(response)) => Err(HandshakeError::Refused(*response)),
+        Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),
         Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),
         Err(other) => Err(HandshakeError::UpstreamProtocol(other.to_string())),
     }

@@ -5,6 +5,8 @@
 //! `close <code> [reason]`, `close-empty`, `abort`, `big <bytes>`, `bad-utf8`,
 //! `raw-close <code>`; anything else is echoed back.
 #![allow(dead_code)]
+// tungstenite's server callback fixes the error type to a whole `Response`.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -190,10 +192,10 @@ impl UpstreamBuilder {
                 }
                 _ => Some(message),
             };
-            if let Some(reply) = reply {
-                if ws.send(reply).await.is_err() {
-                    break;
-                }
+            if let Some(reply) = reply
+                && ws.send(reply).await.is_err()
+            {
+                break;
             }
         }
     }
@@ -356,13 +358,14 @@ impl TestCert {
     pub fn client_connector(&self) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
