@@ -85,6 +85,11 @@ fn main() -> ExitCode {
 }
 
 fn run(config: config::Config) -> ExitCode {
+    // Each session holds two sockets: use every file descriptor the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

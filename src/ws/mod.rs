@@ -100,6 +100,8 @@ pub async fn accept(
         Err(_) => return reject(HandshakeError::UpstreamTimeout),
     };
     let response = handshake::switching_protocols(&offer, &upstream.response);
+    // Only the socket lives on in the session; the upstream's response headers are done.
+    let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = socket_config(&config.websocket);
     let shutdown = shared.shutdown.child_token();
@@ -114,7 +116,7 @@ pub async fn accept(
         };
         let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
-        session::Session::new(client, upstream.socket, template, conn.peer, config, shutdown)
+        session::Session::new(client, upstream, template, conn.peer, config, shutdown)
             .run()
             .await;
         drop(permit);
