@@ -2,10 +2,13 @@
 //! connect, TCP + optional TLS dial with `connect_timeout`. Used by the WebSocket
 //! handshake (`ws/handshake.rs`) and the plain HTTP passthrough (`forward.rs`).
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -48,17 +51,92 @@ impl DialError {
     }
 }
 
-/// Round-robin choice over the configured endpoints.
+/// One member of the pool: an endpoint and one address it resolved to. A host name that
+/// resolves to several addresses (a Kubernetes headless Service) gives several members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub endpoint: Endpoint,
+    pub addr: SocketAddr,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.endpoint.host == self.addr.ip().to_string() {
+            write!(f, "{}", self.endpoint)
+        } else {
+            write!(f, "{} ({})", self.endpoint, self.addr)
+        }
+    }
+}
+
+/// The order in which to try `n` members: round robin from `cursor`, with members that
+/// failed recently moved to the back (still tried, after every healthy one).
+pub fn try_order(n: usize, cursor: usize, recently_failed: impl Fn(usize) -> bool) -> Vec<usize> {
+    let rotated = (0..n).map(|i| (cursor + i) % n);
+    let (healthy, failed): (Vec<usize>, Vec<usize>) = rotated.partition(|&i| !recently_failed(i));
+    healthy.into_iter().chain(failed).collect()
+}
+
+/// Round robin over the pool's members, remembering which addresses just failed.
 #[derive(Debug, Default)]
 pub struct Pool {
     next: AtomicUsize,
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl Pool {
-    /// The endpoint to try next, given the current endpoint list.
+    /// The endpoint to try next (no resolution): plain HTTP passthrough uses this.
     pub fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> &'a Endpoint {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         &endpoints[i % endpoints.len()]
+    }
+
+    /// Resolves every endpoint now and returns the members in the order to try them:
+    /// round robin, members that failed within `window` last. Names that do not resolve
+    /// are logged and left out.
+    pub async fn members(&self, endpoints: &[Endpoint], window: Duration) -> Vec<Member> {
+        let mut members = Vec::new();
+        for endpoint in endpoints {
+            match resolve(endpoint).await {
+                Ok(addrs) => members.extend(addrs.into_iter().map(|addr| Member {
+                    endpoint: endpoint.clone(),
+                    addr,
+                })),
+                Err(e) => tracing::warn!(upstream = %endpoint, error = %e, "cannot resolve upstream"),
+            }
+        }
+        if members.is_empty() {
+            return members;
+        }
+        let cursor = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let failed = self.failed.lock().expect("pool lock");
+        let order = try_order(members.len(), cursor, |i| {
+            failed
+                .get(&members[i].addr)
+                .is_some_and(|at| now.duration_since(*at) < window)
+        });
+        order.into_iter().map(|i| members[i].clone()).collect()
+    }
+
+    /// Did `addr` fail within `window`?
+    pub fn is_recently_failed(&self, addr: SocketAddr, window: Duration) -> bool {
+        self.failed
+            .lock()
+            .expect("pool lock")
+            .get(&addr)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    pub fn mark_failed(&self, addr: SocketAddr) {
+        self.failed.lock().expect("pool lock").insert(addr, Instant::now());
+    }
+
+    pub fn mark_ok(&self, addr: SocketAddr) {
+        let mut failed = self.failed.lock().expect("pool lock");
+        if !failed.is_empty() {
+            failed.remove(&addr);
+        }
     }
 }
 
@@ -127,4 +205,19 @@ pub async fn dial(endpoint: &Endpoint, config: &Upstream) -> Result<UpstreamIo, 
     Err(last.unwrap_or(DialError::NoAddress {
         host: endpoint.host.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::try_order;
+
+    #[test]
+    fn round_robin_with_recent_failures_last() {
+        assert_eq!(try_order(3, 0, |_| false), vec![0, 1, 2]);
+        assert_eq!(try_order(3, 4, |_| false), vec![1, 2, 0]);
+        assert_eq!(try_order(3, 0, |i| i == 0), vec![1, 2, 0]);
+        assert_eq!(try_order(4, 1, |i| i == 2), vec![1, 3, 0, 2]);
+        assert_eq!(try_order(2, 0, |_| true), vec![0, 1], "all failed: still tried, in turn");
+        assert!(try_order(0, 3, |_| false).is_empty());
+    }
 }

@@ -1,8 +1,10 @@
 //! The WebSocket side of the proxy: `handshake` (validate, dial upstream, 101),
-//! `session` (the relay task), `close` (the close-code pipeline, pure).
+//! `session` (the session task: relaying and closing), `hold` (holding across upstream
+//! restarts), `close` (the close-code pipeline, pure).
 
 pub mod close;
 pub mod handshake;
+pub mod hold;
 pub mod session;
 
 use std::sync::Arc;
@@ -34,36 +36,46 @@ fn new_session_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Opens the upstream WebSocket for `template`, trying each endpoint once in pool order.
-/// An upstream that answers with an HTTP status is final: the client gets that answer.
+/// Opens the upstream WebSocket for `template`, trying each pool member once in order
+/// (round robin, members that just failed last). An upstream that answers with an HTTP
+/// status is final: the client gets that answer.
 pub async fn open_upstream(
     template: &UpstreamTemplate,
     config: &Config,
     pool: &upstream::Pool,
-    resume: u32,
-) -> Result<UpstreamSocket, HandshakeError> {
-    let endpoints = &config.upstream.endpoints;
+) -> Result<(UpstreamSocket, upstream::Member), HandshakeError> {
+    let window = hold::failure_window(&config.restart);
+    let members = pool.members(&config.upstream.endpoints, window).await;
     let mut last = None;
-    for _ in 0..endpoints.len() {
-        let endpoint = pool.pick(endpoints);
-        let request = template.request(endpoint, resume)?;
-        let io = match upstream::dial(endpoint, &config.upstream).await {
+    for member in members {
+        let request = template.request(&member.endpoint, 0)?;
+        let io = match upstream::dial_addr(&member.endpoint, member.addr, &config.upstream).await {
             Ok(io) => io,
             Err(e) => {
-                tracing::warn!(upstream = %endpoint, error = %e, "upstream connect failed");
+                tracing::warn!(upstream = %member, error = %e, "upstream connect failed");
+                pool.mark_failed(member.addr);
                 last = Some(HandshakeError::Unreachable(e));
                 continue;
             }
         };
         match handshake::upstream_handshake(request, io, socket_config(&config.websocket)).await {
             Err(e @ HandshakeError::UpstreamProtocol(_)) => {
-                tracing::warn!(upstream = %endpoint, error = %e, "upstream handshake failed");
+                tracing::warn!(upstream = %member, error = %e, "upstream handshake failed");
+                pool.mark_failed(member.addr);
                 last = Some(e);
             }
-            other => return other,
+            Ok(socket) => {
+                pool.mark_ok(member.addr);
+                return Ok((socket, member));
+            }
+            Err(refused) => return Err(refused),
         }
     }
-    Err(last.expect("at least one endpoint is configured"))
+    Err(last.unwrap_or_else(|| {
+        HandshakeError::Unreachable(upstream::DialError::NoAddress {
+            host: config.upstream.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+        })
+    }))
 }
 
 /// Handles a WebSocket upgrade: validate, open the upstream first, answer 101, and spawn
@@ -91,20 +103,26 @@ pub async fn accept(
         UpstreamTemplate::new(req.uri(), req.headers(), conn.peer, conn.tls, &session_id);
     let opened = tokio::time::timeout(
         config.listen.handshake_timeout,
-        open_upstream(&template, &config, &shared.pool, 0),
+        open_upstream(&template, &config, &shared.pool),
     )
     .await;
-    let upstream = match opened {
-        Ok(Ok(upstream)) => upstream,
+    let (upstream, member) = match opened {
+        Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return reject(e),
         Err(_) => return reject(HandshakeError::UpstreamTimeout),
     };
     let response = handshake::switching_protocols(&offer, &upstream.response);
     // Only the socket lives on in the session; the upstream's response headers are done.
+    let opened = session::Opened {
+        template: Arc::new(template),
+        member,
+        protocol: upstream.protocol().cloned(),
+    };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = socket_config(&config.websocket);
     let shutdown = shared.shutdown.child_token();
+    let shared_for_session = shared.clone();
     shared.tracker.spawn(async move {
         let permit = conn.permit;
         let upgraded = match on_upgrade.await {
@@ -116,8 +134,8 @@ pub async fn accept(
         };
         let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
-        session::Session::new(client, upstream, template, conn.peer, config, shutdown)
-            .run()
+        session::Session::new(client, opened, conn.peer, shared_for_session, shutdown)
+            .run(upstream)
             .await;
         drop(permit);
     });

@@ -1,11 +1,14 @@
 //! The session task: one task owns the client socket and the upstream socket and runs a
-//! single `select!` over both, the keepalive/idle timers and shutdown. What a close means
+//! single `select!` over both, the keepalive/idle timers and shutdown; the `Holding`
+//! state lives in `hold.rs`. What a close means
 //! is decided by the pure functions in `close.rs`; this file only executes decisions.
 //! States and transitions are described in docs/LIFECYCLE.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use http::HeaderValue;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -22,22 +25,23 @@ use super::close::{
     WireClose,
 };
 use super::handshake::UpstreamTemplate;
-use crate::config::Config;
-use crate::upstream::UpstreamIo;
+use super::hold::{HoldEnd, HoldOutcome};
+use crate::app::Shared;
+use crate::upstream::{Member, UpstreamIo};
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How a peer failed, read off a tungstenite error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(super) enum Fault {
     Vanished,
     Protocol,
     TooBig,
     InvalidUtf8,
 }
 
-fn fault(error: &WsError) -> Fault {
+pub(super) fn fault(error: &WsError) -> Fault {
     match error {
         WsError::ConnectionClosed
         | WsError::AlreadyClosed
@@ -49,7 +53,7 @@ fn fault(error: &WsError) -> Fault {
     }
 }
 
-fn client_end(fault: Fault) -> ClientEnd {
+pub(super) fn client_end(fault: Fault) -> ClientEnd {
     match fault {
         Fault::Vanished => ClientEnd::Vanished,
         Fault::Protocol => ClientEnd::ProtocolError,
@@ -83,16 +87,18 @@ pub fn close_message(wire: WireClose) -> Message {
     }))
 }
 
-/// Why the relay loop stopped.
+/// Why the relay loop (or a hold) stopped.
 #[derive(Debug)]
 enum Ending {
     Client(ClientEnd),
     Upstream(UpstreamEnd),
     Idle,
     Shutdown,
+    /// A hold failed; the client gets `restart.give_up_code`.
+    GaveUp,
 }
 
-/// Counters for the session-end log line (and, later, metrics).
+/// Counters for the session-end log line (and metrics).
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub messages_to_upstream: u64,
@@ -108,18 +114,40 @@ pub struct Report {
     /// Close code as received from each side (pseudo-codes included) and as sent to the other.
     pub client_close: Option<(u16, Option<u16>)>,
     pub upstream_close: Option<(u16, Option<u16>)>,
+    /// Every hold of this session, in order.
+    pub holds: Vec<HoldOutcome>,
+}
+
+/// What `Session::new` needs from the completed first handshake.
+pub struct Opened {
+    pub template: Arc<UpstreamTemplate>,
+    pub member: Member,
+    pub protocol: Option<HeaderValue>,
 }
 
 pub struct Session<C> {
-    pub id: String,
-    pub peer: SocketAddr,
-    pub client: WebSocketStream<C>,
-    pub upstream: WebSocketStream<UpstreamIo>,
-    pub template: UpstreamTemplate,
-    pub config: Arc<Config>,
-    pub shutdown: CancellationToken,
-    stats: Stats,
-    last_client_rx: Instant,
+    pub(super) id: String,
+    pub(super) peer: SocketAddr,
+    pub(super) client: WebSocketStream<C>,
+    /// How to open the upstream again, the same way as the first time.
+    pub(super) template: Arc<UpstreamTemplate>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) shutdown: CancellationToken,
+    /// The subprotocol the first upstream chose; every later upstream must choose the same.
+    pub(super) protocol: Option<HeaderValue>,
+    /// The pool member currently (or last) connected.
+    pub(super) member: Member,
+    /// The client's first `replay_first` messages, re-sent to every new upstream.
+    pub(super) replay: Vec<Message>,
+    replay_first: u64,
+    /// Number of client data messages read so far (the next one's sequence number).
+    client_seq: u64,
+    /// A client message whose send to the upstream failed: it goes first into the hold buffer.
+    pub(super) unsent: Option<(u64, Message)>,
+    pub(super) resumes: u32,
+    pub(super) holds: Vec<HoldOutcome>,
+    pub(super) stats: Stats,
+    pub(super) last_client_rx: Instant,
     last_upstream_rx: Instant,
     last_data: Instant,
 }
@@ -138,21 +166,28 @@ where
 {
     pub fn new(
         client: WebSocketStream<C>,
-        upstream: WebSocketStream<UpstreamIo>,
-        template: UpstreamTemplate,
+        opened: Opened,
         peer: SocketAddr,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
+        let replay_first = shared.config.load().restart.replay_first as u64;
         Self {
-            id: template.session_id.clone(),
+            id: opened.template.session_id.clone(),
             peer,
             client,
-            upstream,
-            template,
-            config,
+            template: opened.template,
+            shared,
             shutdown,
+            protocol: opened.protocol,
+            member: opened.member,
+            replay: Vec::new(),
+            replay_first,
+            client_seq: 0,
+            unsent: None,
+            resumes: 0,
+            holds: Vec::new(),
             stats: Stats::default(),
             last_client_rx: now,
             last_upstream_rx: now,
@@ -160,14 +195,37 @@ where
         }
     }
 
-    /// Relays until one side ends, then closes both sides as decided. Never panics on peer input.
-    pub async fn run(mut self) -> Report {
+    /// Runs the session to its end: relaying, holding across upstream restarts, closing.
+    /// Never panics on peer input.
+    pub async fn run(mut self, mut upstream: WebSocketStream<UpstreamIo>) -> Report {
         let started = Instant::now();
-        let ending = self.relay().await;
-        let report = self.finish(ending).await;
+        let report = loop {
+            let ending = self.relay(&mut upstream).await;
+            if let Ending::Upstream(end) = &ending
+                && self.should_hold(end)
+            {
+                self.shared.pool.mark_failed(self.member.addr);
+                // The old upstream's close handshake completes on the side, bounded.
+                self.shared.tracker.spawn(async move {
+                    complete_close(&mut upstream, None).await;
+                });
+                match self.hold().await {
+                    HoldEnd::Resumed(new) => {
+                        upstream = new;
+                        self.last_upstream_rx = Instant::now();
+                        continue;
+                    }
+                    HoldEnd::GaveUp(_) => break self.finish(Ending::GaveUp, None).await,
+                    HoldEnd::Client(end) => break self.finish(Ending::Client(end), None).await,
+                    HoldEnd::Shutdown => break self.finish(Ending::Shutdown, None).await,
+                }
+            }
+            break self.finish(ending, Some(upstream)).await;
+        };
         tracing::info!(
             session = %self.id,
             peer = %self.peer,
+            upstream = %self.member,
             duration_ms = started.elapsed().as_millis() as u64,
             messages_to_upstream = report.stats.messages_to_upstream,
             bytes_to_upstream = report.stats.bytes_to_upstream,
@@ -175,15 +233,40 @@ where
             bytes_to_client = report.stats.bytes_to_client,
             client_close = ?report.client_close,
             upstream_close = ?report.upstream_close,
+            holds = ?report.holds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
             "session ended"
         );
         report
     }
 
+    /// The close pipeline's step 1 (SPEC §3.2): does this upstream end mean "hold"?
+    fn should_hold(&self, end: &UpstreamEnd) -> bool {
+        let config = self.shared.config.load();
+        let rules = CloseRules {
+            hold: config.restart.hold,
+            restart_codes: &config.restart.codes,
+            on_disconnect: config.restart.on_disconnect,
+            rewrites: &config.rewrites,
+        };
+        close::on_upstream_end(end, &rules) == UpstreamDecision::Hold
+    }
+
+    /// Numbers a client data message and records it if it is among the first `replay_first`.
+    pub(super) fn record_client_message(&mut self, message: &Message) -> u64 {
+        let seq = self.client_seq;
+        self.client_seq += 1;
+        if seq < self.replay_first {
+            self.replay.push(message.clone());
+        }
+        seq
+    }
+
     /// The `Relaying` state: one select over both sockets, keepalive, idle and shutdown.
-    async fn relay(&mut self) -> Ending {
-        let ping_every = self.config.websocket.ping_interval;
-        let idle_after = self.config.websocket.idle_timeout;
+    async fn relay(&mut self, upstream: &mut WebSocketStream<UpstreamIo>) -> Ending {
+        let (ping_every, idle_after) = {
+            let config = self.shared.config.load();
+            (config.websocket.ping_interval, config.websocket.idle_timeout)
+        };
         let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
@@ -204,7 +287,10 @@ where
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
                                 self.last_data = self.last_client_rx;
-                                if let Err(e) = self.upstream.send(message).await {
+                                let seq = self.record_client_message(&message);
+                                if let Err(e) = upstream.send(message.clone()).await {
+                                    // Not written: if the session holds, it is delivered later.
+                                    self.unsent = Some((seq, message));
                                     return Ending::Upstream(upstream_end(fault(&e)));
                                 }
                                 self.stats.messages_to_upstream += 1;
@@ -215,7 +301,7 @@ where
                         None => return Ending::Client(ClientEnd::Vanished),
                     }
                 }
-                incoming = self.upstream.next() => {
+                incoming = upstream.next() => {
                     self.last_upstream_rx = Instant::now();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Upstream(UpstreamEnd::Closed(close_of(frame))),
@@ -245,7 +331,7 @@ where
                     if let Err(e) = self.client.send(Message::Ping(Default::default())).await {
                         return Ending::Client(client_end(fault(&e)));
                     }
-                    if let Err(e) = self.upstream.send(Message::Ping(Default::default())).await {
+                    if let Err(e) = upstream.send(Message::Ping(Default::default())).await {
                         return Ending::Upstream(upstream_end(fault(&e)));
                     }
                 }
@@ -261,76 +347,64 @@ where
     }
 
     /// The `Closing` state: send each side what the decision says and let both close
-    /// handshakes complete, each bounded by `CLOSE_TIMEOUT`.
-    async fn finish(&mut self, ending: Ending) -> Report {
-        let config = self.config.clone();
+    /// handshakes complete, each bounded by `CLOSE_TIMEOUT`. `upstream` is `None` when the
+    /// session ends from `Holding`.
+    async fn finish(&mut self, ending: Ending, upstream: Option<WebSocketStream<UpstreamIo>>) -> Report {
+        let config = self.shared.config.load_full();
         let mut report = Report {
             stats: self.stats.clone(),
             client_close: None,
             upstream_close: None,
+            holds: self.holds.clone(),
         };
+        let own = |code, reason| Some(close_message(close::to_wire(Close::new(code, reason))));
         let (to_client, to_upstream): (Option<Message>, Option<Message>) = match ending {
             Ending::Client(end) => {
                 let decision = close::on_client_end(&end, &config.rewrites);
-                report.client_close = Some((
-                    decision.original,
-                    decision.to_upstream.as_ref().map(|c| c.code),
-                ));
+                report.client_close = Some((decision.original, decision.to_upstream.as_ref().map(|c| c.code)));
                 let reply = decision.to_client.map(close_message);
                 (reply, Some(close_message(decision.to_upstream)))
             }
             Ending::Upstream(end) => {
                 let rules = CloseRules {
-                    // SPEC §3.3 (holding across restarts) is not built yet: restart codes
-                    // pass to the client like any other code.
+                    // Holding was already decided (and declined) in `run`.
                     hold: false,
                     restart_codes: &config.restart.codes,
                     on_disconnect: config.restart.on_disconnect,
                     rewrites: &config.rewrites,
                 };
-                let UpstreamDecision::Forward { original, close } =
-                    close::on_upstream_end(&end, &rules)
-                else {
-                    unreachable!("hold is off")
+                let UpstreamDecision::Forward { original, close } = close::on_upstream_end(&end, &rules) else {
+                    unreachable!("hold: false never decides Hold")
                 };
                 // SPEC §3.4: policy context for a 1008 attaches here, between rewrite and wire.
                 let wire = close::to_wire(close);
                 report.upstream_close = Some((original, wire.as_ref().map(|c| c.code)));
-                let verdict = end
-                    .verdict_for_upstream()
-                    .map(|c| close_message(close::to_wire(c)));
+                let verdict = end.verdict_for_upstream().map(|c| close_message(close::to_wire(c)));
                 (Some(close_message(wire)), verdict)
             }
-            Ending::Idle => {
-                let idle = || {
-                    Some(close_message(close::to_wire(Close::new(
-                        GOING_AWAY,
-                        "idle timeout",
-                    ))))
-                };
-                (idle(), idle())
-            }
+            Ending::Idle => (own(GOING_AWAY, "idle timeout"), own(GOING_AWAY, "idle timeout")),
             Ending::Shutdown => (
-                Some(close_message(close::to_wire(
-                    config.shutdown.client.clone(),
-                ))),
-                Some(close_message(close::to_wire(Close::new(
-                    GOING_AWAY,
-                    "proxy shutting down",
-                )))),
+                Some(close_message(close::to_wire(config.shutdown.client.clone()))),
+                own(GOING_AWAY, "proxy shutting down"),
             ),
+            Ending::GaveUp => (Some(close_message(close::to_wire(config.restart.give_up.clone()))), None),
         };
-        tokio::join!(
-            complete_close(&mut self.client, to_client),
-            complete_close(&mut self.upstream, to_upstream)
-        );
+        match upstream {
+            Some(mut upstream) => {
+                tokio::join!(
+                    complete_close(&mut self.client, to_client),
+                    complete_close(&mut upstream, to_upstream)
+                );
+            }
+            None => complete_close(&mut self.client, to_client).await,
+        }
         report
     }
 }
 
 /// Sends `close` (if any), then reads until the peer's close reply or EOF, bounded by
 /// `CLOSE_TIMEOUT`; then shuts the transport down (a TLS close_notify over TLS).
-async fn complete_close<S>(socket: &mut WebSocketStream<S>, close: Option<Message>)
+pub(super) async fn complete_close<S>(socket: &mut WebSocketStream<S>, close: Option<Message>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
