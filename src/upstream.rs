@@ -19,7 +19,9 @@ use tokio_util::either::Either;
 use crate::config::{Endpoint, Upstream};
 
 /// A connection to an upstream, plain or TLS.
-pub type UpstreamIo = Either<TcpStream, TlsStream<TcpStream>>;
+/// The TLS variant is boxed: a rustls connection is over a kilobyte, and plain sessions
+/// should not carry that size in their task.
+pub type UpstreamIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Why a dial failed; the variant is the `result` label of `holdfast_upstream_connects_total`.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +104,9 @@ impl Pool {
                     endpoint: endpoint.clone(),
                     addr,
                 })),
-                Err(e) => tracing::warn!(upstream = %endpoint, error = %e, "cannot resolve upstream"),
+                Err(e) => {
+                    tracing::warn!(upstream = %endpoint, error = %e, "cannot resolve upstream")
+                }
             }
         }
         if members.is_empty() {
@@ -129,7 +133,10 @@ impl Pool {
     }
 
     pub fn mark_failed(&self, addr: SocketAddr) {
-        self.failed.lock().expect("pool lock").insert(addr, Instant::now());
+        self.failed
+            .lock()
+            .expect("pool lock")
+            .insert(addr, Instant::now());
     }
 
     pub fn mark_ok(&self, addr: SocketAddr) {
@@ -186,7 +193,7 @@ pub async fn dial_addr(
             .connect(server_name, tcp)
             .await
             .map_err(|source| DialError::Tls { host: name, source })?;
-        Ok(Either::Right(tls))
+        Ok(Either::Right(Box::new(tls)))
     };
     tokio::time::timeout(timeout, attempt)
         .await
@@ -217,7 +224,11 @@ mod tests {
         assert_eq!(try_order(3, 4, |_| false), vec![1, 2, 0]);
         assert_eq!(try_order(3, 0, |i| i == 0), vec![1, 2, 0]);
         assert_eq!(try_order(4, 1, |i| i == 2), vec![1, 3, 0, 2]);
-        assert_eq!(try_order(2, 0, |_| true), vec![0, 1], "all failed: still tried, in turn");
+        assert_eq!(
+            try_order(2, 0, |_| true),
+            vec![0, 1],
+            "all failed: still tried, in turn"
+        );
         assert!(try_order(0, 3, |_| false).is_empty());
     }
 }

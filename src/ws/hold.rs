@@ -25,7 +25,9 @@ use crate::upstream::{self, Member, UpstreamIo};
 /// crowd of held sessions spreads out instead of arriving at the new instance together.
 /// `unit` is a random number in `[0, 1]`.
 pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_add(1)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(attempt.saturating_add(1))
+        .unwrap_or(u32::MAX);
     let ceiling = initial.saturating_mul(factor).min(max).max(initial);
     initial + (ceiling - initial).mul_f64(unit.clamp(0.0, 1.0))
 }
@@ -117,7 +119,7 @@ impl HoldBuffer {
 /// The result of one reconnect try.
 enum Try {
     Connected {
-        socket: WebSocketStream<UpstreamIo>,
+        socket: Box<WebSocketStream<UpstreamIo>>,
         member: Member,
     },
     /// This try failed; back off and try the next member.
@@ -144,7 +146,12 @@ async fn try_resume(
         .first()
         .is_some_and(|m| !shared.pool.is_recently_failed(m.addr, window));
     if attempt > 0 || !first_is_healthy {
-        let delay = backoff_delay(attempt, restart.backoff_initial, restart.backoff_max, rand::random());
+        let delay = backoff_delay(
+            attempt,
+            restart.backoff_initial,
+            restart.backoff_max,
+            rand::random(),
+        );
         tokio::time::sleep(delay).await;
         members = shared.pool.members(endpoints, window).await;
     }
@@ -162,7 +169,8 @@ async fn try_resume(
         Ok(r) => r,
         Err(e) => return Try::Retry(e.to_string()),
     };
-    let handshake = handshake::upstream_handshake(request, io, super::socket_config(&config.websocket));
+    let handshake =
+        handshake::upstream_handshake(request, io, super::socket_config(&config.websocket));
     match tokio::time::timeout(config.listen.handshake_timeout, handshake).await {
         Ok(Ok(mut upstream)) => {
             if upstream.protocol() != protocol.as_ref() {
@@ -176,7 +184,7 @@ async fn try_resume(
             }
             shared.pool.mark_ok(member.addr);
             Try::Connected {
-                socket: upstream.socket,
+                socket: Box::new(upstream.socket),
                 member,
             }
         }
@@ -196,7 +204,7 @@ async fn try_resume(
 
 /// How the `Holding` state ended.
 pub enum HoldEnd {
-    Resumed(WebSocketStream<UpstreamIo>),
+    Resumed(Box<WebSocketStream<UpstreamIo>>),
     GaveUp(HoldOutcome),
     Client(ClientEnd),
     Shutdown,
@@ -221,7 +229,11 @@ where
             return self.hold_ended(since, 0, &buffer, HoldEnd::GaveUp(HoldOutcome::Overflow));
         }
         let mut attempt = 0u32;
-        let (shared, template, protocol) = (self.shared.clone(), self.template.clone(), self.protocol.clone());
+        let (shared, template, protocol) = (
+            self.shared.clone(),
+            self.template.clone(),
+            self.protocol.clone(),
+        );
         let resume = self.resumes + 1;
         let start_try = |attempt| {
             Box::pin(try_resume(
@@ -300,7 +312,13 @@ where
     }
 
     /// Logs the hold's outcome (every outcome gets a line) and passes the end on.
-    fn hold_ended(&mut self, since: Instant, attempts: u32, buffer: &HoldBuffer, end: HoldEnd) -> HoldEnd {
+    fn hold_ended(
+        &mut self,
+        since: Instant,
+        attempts: u32,
+        buffer: &HoldBuffer,
+        end: HoldEnd,
+    ) -> HoldEnd {
         let outcome = match &end {
             HoldEnd::Resumed(_) => {
                 self.resumes += 1;
@@ -405,6 +423,9 @@ mod tests {
         .iter()
         .map(|o| o.as_str())
         .collect();
-        assert_eq!(labels, ["resumed", "timeout", "overflow", "client_closed", "refused"]);
+        assert_eq!(
+            labels,
+            ["resumed", "timeout", "overflow", "client_closed", "refused"]
+        );
     }
 }

@@ -73,7 +73,13 @@ pub async fn open_upstream(
     }
     Err(last.unwrap_or_else(|| {
         HandshakeError::Unreachable(upstream::DialError::NoAddress {
-            host: config.upstream.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+            host: config
+                .upstream
+                .endpoints
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }))
 }

@@ -211,7 +211,7 @@ where
                 });
                 match self.hold().await {
                     HoldEnd::Resumed(new) => {
-                        upstream = new;
+                        upstream = *new;
                         self.last_upstream_rx = Instant::now();
                         continue;
                     }
@@ -265,7 +265,10 @@ where
     async fn relay(&mut self, upstream: &mut WebSocketStream<UpstreamIo>) -> Ending {
         let (ping_every, idle_after) = {
             let config = self.shared.config.load();
-            (config.websocket.ping_interval, config.websocket.idle_timeout)
+            (
+                config.websocket.ping_interval,
+                config.websocket.idle_timeout,
+            )
         };
         let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -349,7 +352,11 @@ where
     /// The `Closing` state: send each side what the decision says and let both close
     /// handshakes complete, each bounded by `CLOSE_TIMEOUT`. `upstream` is `None` when the
     /// session ends from `Holding`.
-    async fn finish(&mut self, ending: Ending, upstream: Option<WebSocketStream<UpstreamIo>>) -> Report {
+    async fn finish(
+        &mut self,
+        ending: Ending,
+        upstream: Option<WebSocketStream<UpstreamIo>>,
+    ) -> Report {
         let config = self.shared.config.load_full();
         let mut report = Report {
             stats: self.stats.clone(),
@@ -361,7 +368,10 @@ where
         let (to_client, to_upstream): (Option<Message>, Option<Message>) = match ending {
             Ending::Client(end) => {
                 let decision = close::on_client_end(&end, &config.rewrites);
-                report.client_close = Some((decision.original, decision.to_upstream.as_ref().map(|c| c.code)));
+                report.client_close = Some((
+                    decision.original,
+                    decision.to_upstream.as_ref().map(|c| c.code),
+                ));
                 let reply = decision.to_client.map(close_message);
                 (reply, Some(close_message(decision.to_upstream)))
             }
@@ -373,21 +383,35 @@ where
                     on_disconnect: config.restart.on_disconnect,
                     rewrites: &config.rewrites,
                 };
-                let UpstreamDecision::Forward { original, close } = close::on_upstream_end(&end, &rules) else {
+                let UpstreamDecision::Forward { original, close } =
+                    close::on_upstream_end(&end, &rules)
+                else {
                     unreachable!("hold: false never decides Hold")
                 };
                 // SPEC §3.4: policy context for a 1008 attaches here, between rewrite and wire.
                 let wire = close::to_wire(close);
                 report.upstream_close = Some((original, wire.as_ref().map(|c| c.code)));
-                let verdict = end.verdict_for_upstream().map(|c| close_message(close::to_wire(c)));
+                let verdict = end
+                    .verdict_for_upstream()
+                    .map(|c| close_message(close::to_wire(c)));
                 (Some(close_message(wire)), verdict)
             }
-            Ending::Idle => (own(GOING_AWAY, "idle timeout"), own(GOING_AWAY, "idle timeout")),
+            Ending::Idle => (
+                own(GOING_AWAY, "idle timeout"),
+                own(GOING_AWAY, "idle timeout"),
+            ),
             Ending::Shutdown => (
-                Some(close_message(close::to_wire(config.shutdown.client.clone()))),
+                Some(close_message(close::to_wire(
+                    config.shutdown.client.clone(),
+                ))),
                 own(GOING_AWAY, "proxy shutting down"),
             ),
-            Ending::GaveUp => (Some(close_message(close::to_wire(config.restart.give_up.clone()))), None),
+            Ending::GaveUp => (
+                Some(close_message(close::to_wire(
+                    config.restart.give_up.clone(),
+                ))),
+                None,
+            ),
         };
         match upstream {
             Some(mut upstream) => {

@@ -42,13 +42,77 @@ pub struct UpstreamLog {
     pub closes: Vec<Option<CloseFrame>>,
 }
 
+/// Sent to every live connection of a test upstream.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Send this close frame (as a restarting server would).
+    Close(u16, String),
+    /// Drop the TCP connection without a close frame.
+    Abort,
+}
+
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<UpstreamLog>>,
     changed: Arc<Notify>,
+    control: tokio::sync::broadcast::Sender<Control>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    builder: UpstreamBuilder,
+    /// Incremented by `start_again`; `whoami` answers `<name> <generation>`.
+    generation: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TestUpstream {
+    /// Stops accepting: new connections are refused (the listener is closed).
+    pub fn stop_accepting(&self) {
+        if let Some(task) = self.accept.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Closes every live connection with `code`/`reason` and stops accepting: a restart.
+    pub async fn go_down(&self, how: Control) {
+        self.stop_accepting();
+        // Let the aborted accept task drop its listener before anyone reconnects.
+        tokio::task::yield_now().await;
+        let _ = self.control.send(how);
+    }
+
+    /// Listens again on the same address, as the next generation of the server.
+    pub async fn start_again(&self, builder: Option<UpstreamBuilder>) {
+        let builder = builder.unwrap_or_else(|| self.builder.clone());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let listener = within("rebinding the upstream", async {
+            loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(l) => return l,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+        let task = builder.spawn_accept(
+            listener,
+            self.log.clone(),
+            self.changed.clone(),
+            self.control.clone(),
+            self.generation.clone(),
+        );
+        *self.accept.lock().unwrap() = Some(task);
+    }
+
+    /// Text messages received, in arrival order, across all connections.
+    pub fn texts(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter_map(|m| m.to_text().ok().map(str::to_owned))
+            .collect()
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
     }
@@ -74,6 +138,7 @@ impl TestUpstream {
 
 #[derive(Default, Clone)]
 pub struct UpstreamBuilder {
+    name: String,
     /// Subprotocol to choose (must be among those offered).
     protocol: Option<String>,
     refuse: Option<(u16, String)>,
@@ -83,6 +148,10 @@ pub struct UpstreamBuilder {
 impl UpstreamBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
     }
     pub fn protocol(mut self, p: &str) -> Self {
         self.protocol = Some(p.into());
@@ -102,25 +171,62 @@ impl UpstreamBuilder {
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(UpstreamLog::default()));
         let changed = Arc::new(Notify::new());
-        let (log2, changed2) = (log.clone(), changed.clone());
+        let (control, _) = tokio::sync::broadcast::channel(16);
+        let generation = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = self.spawn_accept(
+            listener,
+            log.clone(),
+            changed.clone(),
+            control.clone(),
+            generation.clone(),
+        );
+        TestUpstream {
+            addr,
+            log,
+            changed,
+            control,
+            accept: Mutex::new(Some(task)),
+            builder: self,
+            generation,
+        }
+    }
+
+    fn spawn_accept(
+        &self,
+        listener: TcpListener,
+        log: Arc<Mutex<UpstreamLog>>,
+        changed: Arc<Notify>,
+        control: tokio::sync::broadcast::Sender<Control>,
+        generation: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (this, log, changed) = (self.clone(), log2.clone(), changed2.clone());
+                let whoami = format!(
+                    "{} {}",
+                    this.name,
+                    generation.load(std::sync::atomic::Ordering::SeqCst)
+                );
+                let (this, log, changed, control) = (
+                    this.clone(),
+                    log.clone(),
+                    changed.clone(),
+                    control.subscribe(),
+                );
                 tokio::spawn(async move {
                     match this.tls.clone() {
                         Some(tls) => {
                             if let Ok(stream) =
                                 tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await
                             {
-                                this.serve(stream, log, changed).await
+                                this.serve(stream, log, changed, control, whoami).await
                             }
                         }
-                        None => this.serve(tcp, log, changed).await,
+                        None => this.serve(tcp, log, changed, control, whoami).await,
                     }
                 });
             }
-        });
-        TestUpstream { addr, log, changed }
+        })
     }
 
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -128,6 +234,8 @@ impl UpstreamBuilder {
         stream: S,
         log: Arc<Mutex<UpstreamLog>>,
         changed: Arc<Notify>,
+        mut control: tokio::sync::broadcast::Receiver<Control>,
+        whoami: String,
     ) {
         let (log_cb, changed_cb) = (log.clone(), changed.clone());
         let callback =
@@ -154,7 +262,24 @@ impl UpstreamBuilder {
         else {
             return;
         };
-        while let Some(Ok(message)) = ws.next().await {
+        loop {
+            let message = tokio::select! {
+                control = control.recv() => match control {
+                    Ok(Control::Close(code, reason)) => {
+                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                        if ws.send(Message::Close(Some(frame))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(Control::Abort) => return,
+                    Err(_) => continue,
+                },
+                message = ws.next() => match message {
+                    Some(Ok(message)) => message,
+                    _ => return,
+                },
+            };
             let script = match &message {
                 Message::Text(t) => Some(t.to_string()),
                 _ => None,
@@ -179,6 +304,7 @@ impl UpstreamBuilder {
                 }))),
                 ["close-empty"] => Some(Message::Close(None)),
                 ["abort"] => return,
+                ["whoami"] => Some(Message::text(whoami.clone())),
                 ["big", n] => Some(Message::text("x".repeat(n.parse().unwrap()))),
                 ["bad-utf8"] => {
                     let _ = ws.get_mut().write_all(&[0x81, 0x02, 0xff, 0xfe]).await;
@@ -192,10 +318,10 @@ impl UpstreamBuilder {
                 }
                 _ => Some(message),
             };
-            if let Some(reply) = reply
-                && ws.send(reply).await.is_err()
-            {
-                break;
+            if let Some(reply) = reply {
+                // After this side sent a close, sends fail but reads go on until the peer's
+                // close arrives: keep reading, as a real server finishing its close would.
+                let _ = ws.send(reply).await;
             }
         }
     }

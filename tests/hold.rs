@@ -1,0 +1,356 @@
+//! Holding clients across upstream restarts (SPEC §3.3), against real sockets: a test
+//! upstream goes down (1012 or a dropped TCP connection) while a client streams numbered
+//! messages, and comes back; the client must never see a close.
+
+mod support;
+
+use futures_util::SinkExt;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Short backoff so tests resume in milliseconds; max_hold long enough never to fire.
+const FAST: &str =
+    "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\nmax_hold = \"20s\"\n";
+
+fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
+
+/// Reads echoes until `marker` arrives; panics on a close. Returns the echoes before it.
+async fn read_until(client: &mut Client, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match next_message(client).await {
+            Message::Text(t) if t.as_str() == marker => return seen,
+            Message::Text(t) => seen.push(t.to_string()),
+            other => panic!("client saw {other:?} (after {} echoes)", seen.len()),
+        }
+    }
+}
+
+/// Closes the upstream's connections with `code` and stops it accepting, then waits until
+/// the proxy has answered that close: from then on the proxy is holding, and whatever the
+/// client sends is buffered for the next upstream (before that, it is the old one's).
+async fn go_down_and_wait(upstream: &TestUpstream, code: u16) {
+    let before = upstream.log.lock().unwrap().closes.len();
+    upstream
+        .go_down(Control::Close(code, "restarting".into()))
+        .await;
+    upstream
+        .wait_for("the proxy to answer the upstream's close", |log| {
+            log.closes.len() > before
+        })
+        .await;
+}
+
+/// The next close frame, with no wall-clock bound (for paused-clock tests).
+async fn next_frame(client: &mut Client) -> (Option<u16>, String) {
+    use futures_util::StreamExt;
+    loop {
+        match client.next().await {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return (Some(u16::from(f.code)), f.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) => return (None, String::new()),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
+
+/// The story shared by the 1012 and the TCP-loss cases.
+async fn restart_is_invisible(how: Control) {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], FAST).await;
+    let mut client = connect(&proxy).await;
+    for m in numbered(0..30) {
+        send_text(&mut client, &m).await;
+    }
+    upstream
+        .wait_for("the first 30 messages", |log| log.received.len() >= 30)
+        .await;
+    upstream.go_down(how.clone()).await;
+    for m in numbered(30..60) {
+        send_text(&mut client, &m).await;
+    }
+    upstream.start_again(None).await;
+    for m in numbered(60..100) {
+        send_text(&mut client, &m).await;
+    }
+    send_text(&mut client, "whoami").await;
+    // Replies resume from the new instance, and the client never saw a close.
+    let echoes = read_until(&mut client, "app 1").await;
+    assert!(echoes.iter().all(|e| e.starts_with('m')), "{echoes:?}");
+
+    let received: Vec<String> = upstream
+        .texts()
+        .into_iter()
+        .filter(|t| t.starts_with('m'))
+        .collect();
+    let numbers: Vec<usize> = received.iter().map(|m| m[1..].parse().unwrap()).collect();
+    if matches!(how, Control::Close(..)) {
+        // The upstreams together received every message exactly once, in order: what the
+        // old one read after sending its close is its own, the rest was buffered.
+        assert_eq!(received, numbered(0..100));
+    } else {
+        // TCP loss: a message written in the instant before the loss was noticed went into
+        // the dead connection (the old upstream's, like after a close). Nothing else is
+        // lost, nothing is duplicated, order holds.
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "out of order or duplicated: {numbers:?}"
+        );
+        let missing: Vec<usize> = (0..100).filter(|i| !numbers.contains(i)).collect();
+        assert!(
+            missing.iter().all(|&i| (30..60).contains(&i)) && missing.len() <= 2,
+            "lost {missing:?}"
+        );
+    }
+
+    // The reconnect repeated the handshake with the same session id, counting resumes.
+    let (first, second) = (upstream.handshake(0), upstream.handshake(1));
+    assert_eq!(
+        first.headers()["x-holdfast-session"],
+        second.headers()["x-holdfast-session"]
+    );
+    assert!(first.headers().get("x-holdfast-resume").is_none());
+    assert_eq!(second.headers()["x-holdfast-resume"], "1");
+}
+
+#[tokio::test]
+async fn a_1012_restart_is_invisible_to_the_client() {
+    restart_is_invisible(Control::Close(1012, "deploying".into())).await;
+}
+
+#[tokio::test]
+async fn a_dropped_upstream_connection_is_invisible_to_the_client() {
+    restart_is_invisible(Control::Abort).await;
+}
+
+#[tokio::test]
+async fn configured_restart_codes_hold_too() {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}codes = [1012, 4503]\n")).await;
+    let mut client = connect(&proxy).await;
+    go_down_and_wait(&upstream, 4503).await;
+    upstream.start_again(None).await;
+    send_text(&mut client, "whoami").await;
+    assert!(read_until(&mut client, "app 1").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_second_restart_counts_resumes() {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], FAST).await;
+    let mut client = connect(&proxy).await;
+    for generation in 1..=2 {
+        go_down_and_wait(&upstream, 1012).await;
+        upstream.start_again(None).await;
+        send_text(&mut client, "whoami").await;
+        read_until(&mut client, &format!("app {generation}")).await;
+    }
+    assert_eq!(upstream.handshake(2).headers()["x-holdfast-resume"], "2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_is_told_give_up_code_after_max_hold() {
+    // Paused clock: the default 30 s max_hold passes without a 30 s test.
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let mut client = connect(&proxy).await;
+    let started = tokio::time::Instant::now();
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    // `within` would time out first on the paused clock; bound the wait in virtual time.
+    let close = tokio::time::timeout(std::time::Duration::from_secs(120), next_frame(&mut client));
+    let (code, reason) = close.await.expect("a close within max_hold + backoff");
+    assert_eq!(code, Some(1012));
+    assert_eq!(reason, "upstream restarting; reconnect in 1-5s");
+    let held = started.elapsed();
+    assert!(
+        held >= std::time::Duration::from_secs(30),
+        "gave up after {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn give_up_code_and_reason_are_configurable() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let extra = "[restart]\nmax_hold = \"300ms\"\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\ngive_up_code = 4000\ngive_up_reason = \"try later\"\n";
+    let proxy = Proxy::start(&[upstream.url()], extra).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    assert_eq!(
+        expect_close(&mut client).await,
+        (Some(4000), "try later".into())
+    );
+}
+
+#[tokio::test]
+async fn a_buffer_overflow_gives_up_instead_of_growing() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}buffer_messages = 3\n")).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .wait_for("the old connection to close", |log| !log.closes.is_empty())
+        .await;
+    for m in numbered(0..4) {
+        // The fourth message overflows; the send itself may race the close.
+        let _ = client.send(Message::text(m)).await;
+    }
+    assert_eq!(expect_close(&mut client).await.0, Some(1012));
+}
+
+#[tokio::test]
+async fn a_byte_bound_overflow_gives_up_too() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}buffer_bytes = 100\n")).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .wait_for("the old connection to close", |log| !log.closes.is_empty())
+        .await;
+    let _ = client.send(Message::text("x".repeat(101))).await;
+    assert_eq!(expect_close(&mut client).await.0, Some(1012));
+}
+
+#[tokio::test]
+async fn replay_first_resends_the_opening_messages_to_every_new_upstream() {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}replay_first = 2\n")).await;
+    let mut client = connect(&proxy).await;
+    for m in ["auth token", "subscribe prices", "m0"] {
+        send_text(&mut client, m).await;
+    }
+    upstream
+        .wait_for("3 messages", |log| log.received.len() >= 3)
+        .await;
+    go_down_and_wait(&upstream, 1012).await;
+    send_text(&mut client, "m1").await;
+    upstream.start_again(None).await;
+    send_text(&mut client, "whoami").await;
+    read_until(&mut client, "app 1").await;
+    assert_eq!(
+        upstream.texts(),
+        [
+            "auth token",
+            "subscribe prices",
+            "m0",
+            "auth token",
+            "subscribe prices",
+            "m1",
+            "whoami"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn replayed_messages_read_during_a_hold_are_delivered_once() {
+    // The upstream restarts before the client has sent its opening messages.
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}replay_first = 2\n")).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .wait_for("the old connection to close", |log| !log.closes.is_empty())
+        .await;
+    send_text(&mut client, "auth token").await;
+    send_text(&mut client, "m0").await;
+    upstream.start_again(None).await;
+    send_text(&mut client, "whoami").await;
+    read_until(&mut client, "app 1").await;
+    assert_eq!(upstream.texts(), ["auth token", "m0", "whoami"]);
+}
+
+#[tokio::test]
+async fn a_healthy_second_endpoint_takes_over_without_waiting_for_backoff() {
+    let a = UpstreamBuilder::new().name("a").start().await;
+    let b = UpstreamBuilder::new().name("b").start().await;
+    // A backoff this long would time the test out: failover must not wait for it.
+    let extra = "[restart]\nbackoff_initial = \"30s\"\nbackoff_max = \"60s\"\nmax_hold = \"2m\"\n";
+    let proxy = Proxy::start(&[a.url(), b.url()], extra).await;
+    let mut client = connect(&proxy).await;
+    send_text(&mut client, "whoami").await;
+    let first = match next_message(&mut client).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let (down, other_name) = if first == "a 0" {
+        (&a, "b 0")
+    } else {
+        (&b, "a 0")
+    };
+    go_down_and_wait(down, 1012).await;
+    send_text(&mut client, "whoami").await;
+    read_until(&mut client, other_name).await;
+}
+
+#[tokio::test]
+async fn a_new_upstream_with_another_subprotocol_is_not_accepted() {
+    let upstream = UpstreamBuilder::new()
+        .name("app")
+        .protocol("v1")
+        .start()
+        .await;
+    let extra =
+        "[restart]\nmax_hold = \"500ms\"\nbackoff_initial = \"20ms\"\nbackoff_max = \"50ms\"\n";
+    let proxy = Proxy::start(&[upstream.url()], extra).await;
+    let mut request = proxy.url("/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "v1, v2".parse().unwrap());
+    let (mut client, _) = connect_request(proxy.addr, request).await.unwrap();
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .start_again(Some(UpstreamBuilder::new().name("app").protocol("v2")))
+        .await;
+    // Every try reaches the new instance and is rejected for its subprotocol; the hold
+    // runs out and the client is told.
+    assert_eq!(expect_close(&mut client).await.0, Some(1012));
+    let handshakes = upstream.log.lock().unwrap().handshakes.len();
+    assert!(
+        handshakes >= 2,
+        "the new instance was tried ({handshakes} handshakes)"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_the_resumed_session_ends_the_hold_at_once() {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], FAST).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .start_again(Some(UpstreamBuilder::new().refuse(403, "session revoked")))
+        .await;
+    // max_hold is 20 s: a close well before DEADLINE shows the refusal ended the hold.
+    assert_eq!(expect_close(&mut client).await.0, Some(1012));
+}
+
+#[tokio::test]
+async fn a_client_closing_while_held_gets_its_close_handshake() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], FAST).await;
+    let mut client = connect(&proxy).await;
+    upstream.go_down(Control::Close(1012, String::new())).await;
+    upstream
+        .wait_for("the old connection to close", |log| !log.closes.is_empty())
+        .await;
+    client.send(Message::Close(None)).await.unwrap();
+    assert_eq!(expect_close(&mut client).await, (None, String::new()));
+}
+
+#[tokio::test]
+async fn with_hold_off_a_restart_reaches_the_client() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "[restart]\nhold = false\n").await;
+    let mut client = connect(&proxy).await;
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    assert_eq!(
+        expect_close(&mut client).await,
+        (Some(1012), "deploying".into())
+    );
+}
