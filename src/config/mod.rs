@@ -253,6 +253,14 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Loads a configuration from TOML text over the defaults, ignoring the environment.
 /// Used by tests and the demo.
+///
+/// ```
+/// let config = holdfast::config::from_toml_str("[restart]\nmax_hold = \"2m\"").unwrap();
+/// assert_eq!(config.restart.max_hold.as_secs(), 120);
+///
+/// let error = holdfast::config::from_toml_str("[restart]\ngive_up_code = 1006").unwrap_err();
+/// assert_eq!(error.problems[0].key, "restart.give_up_code");
+/// ```
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
     from_toml_layers(&[text])
 }

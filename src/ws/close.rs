@@ -34,6 +34,12 @@ pub fn is_sendable(code: u16) -> bool {
 }
 
 /// The longest prefix of `text` that fits in `max` bytes without splitting a character.
+///
+/// ```
+/// use holdfast::ws::close::truncate_utf8;
+/// assert_eq!(truncate_utf8("héllo", 2), "h"); // "é" is two bytes: not cut in half
+/// assert_eq!(truncate_utf8("héllo", 3), "hé");
+/// ```
 pub fn truncate_utf8(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -107,6 +113,12 @@ pub fn rewrite(close: Close, direction: Direction, rules: &[RewriteRule]) -> Clo
 /// The last step before the wire: codes that must never be sent are replaced
 /// (1005 → an empty close frame; 1006, 1015 and anything unsendable → 1011) and the
 /// reason is cut to 123 bytes on a character boundary.
+///
+/// ```
+/// use holdfast::ws::close::{to_wire, Close};
+/// assert_eq!(to_wire(Close::new(1005, "")), None); // an empty close frame
+/// assert_eq!(to_wire(Close::new(1006, "gone")), Some(Close::new(1011, "gone")));
+/// ```
 pub fn to_wire(close: Close) -> WireClose {
     if close.code == NO_STATUS {
         return None;
