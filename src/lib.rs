@@ -8,6 +8,7 @@
 //! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
 //! * `forward`  — plain HTTP passthrough to the upstream
 //! * `ws`       — handshake, the session task, the close-code pipeline
+//! * `policy`   — 1008 context (catalog, JSON builder), rate limit, token expiry
 //! * `upstream` — endpoint pool, resolution, dial (TCP + TLS)
 //! * `tls`      — rustls configs for both hops
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod listener;
+pub mod policy;
 pub mod tls;
 pub mod upstream;
 pub mod ws;

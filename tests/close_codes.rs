@@ -67,7 +67,15 @@ async fn upstream_close_after(frame: Option<CloseFrame>) -> Option<(u16, String)
 #[tokio::test]
 async fn to_client_range_rule_with_reason() {
     let got = client_close_after("close 4042 quota exceeded", RULES).await;
-    assert_eq!(got, (Some(1008), "application policy".into()));
+    // A rewrite that produces 1008 gets policy context (SPEC §3.2 step 3), built from the
+    // rule's reason.
+    assert_eq!(
+        got,
+        (
+            Some(1008),
+            r#"{"policy":"unspecified","detail":"application policy"}"#.into()
+        )
+    );
 }
 
 #[tokio::test]

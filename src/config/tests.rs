@@ -94,6 +94,7 @@ fn every_bad_value_is_named_by_its_key() {
         ),
         ("[restart]\ngive_up_code = 1006", "restart.give_up_code"),
         ("[restart]\ncodes = [99]", "restart.codes[0]"),
+        ("[restart]\ncodes = [1012, 1008]", "restart.codes[1]"),
         (
             "[restart]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"",
             "restart.backoff_initial",

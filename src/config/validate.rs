@@ -285,7 +285,12 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     let r = &raw.restart;
     let mut codes = Vec::new();
     for (i, code) in r.codes.iter().enumerate() {
-        codes.extend(c.matchable_code(&format!("restart.codes[{i}]"), *code));
+        let key = format!("restart.codes[{i}]");
+        if *code == i64::from(crate::ws::close::POLICY_VIOLATION) {
+            c.problem(&key, "1008 is a policy close and never triggers a hold");
+            continue;
+        }
+        codes.extend(c.matchable_code(&key, *code));
     }
     let restart = Restart {
         hold: r.hold,

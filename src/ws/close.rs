@@ -194,6 +194,8 @@ pub enum UpstreamDecision {
 /// and step 4 (`to_wire`) follow in the session, in that order.
 pub fn on_upstream_end(end: &UpstreamEnd, rules: &CloseRules<'_>) -> UpstreamDecision {
     let restart = match end {
+        // A policy close is about this client: another upstream would close it again.
+        UpstreamEnd::Closed(close) if close.code == POLICY_VIOLATION => false,
         UpstreamEnd::Closed(close) => rules.restart_codes.contains(&close.code),
         UpstreamEnd::Vanished => rules.on_disconnect,
         _ => false,
@@ -369,7 +371,7 @@ mod tests {
         let rewrites = [rule(Direction::ToClient, 4000..=4099, 1008, None)];
         let holding = CloseRules {
             hold: true,
-            restart_codes: &[1012, 4500],
+            restart_codes: &[1012, 4500, 1008],
             on_disconnect: true,
             rewrites: &rewrites,
         };
@@ -395,6 +397,7 @@ mod tests {
             (UpstreamEnd::Vanished, no_disconnect, fwd(1006, 1006, "")),
             (closed(4001), holding, fwd(4001, 1008, "why")),
             (closed(1000), holding, fwd(1000, 1000, "why")),
+            (closed(1008), holding, fwd(1008, 1008, "why")),
             (
                 closed(1002),
                 holding,

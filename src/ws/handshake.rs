@@ -29,6 +29,8 @@ pub enum HandshakeError {
     Origin,
     #[error("over max_connections")]
     Overloaded,
+    #[error("token refused: {0}")]
+    Unauthorized(#[from] crate::policy::token::TokenError),
     #[error("upstream unreachable: {0}")]
     Unreachable(#[from] DialError),
     #[error("upstream did not complete the handshake in time")]
@@ -48,6 +50,7 @@ impl HandshakeError {
             HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Origin => StatusCode::FORBIDDEN,
             HandshakeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HandshakeError::Unreachable(_) | HandshakeError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -87,6 +90,9 @@ impl HandshakeError {
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
+        }
+        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(header::WWW_AUTHENTICATE) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         response

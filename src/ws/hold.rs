@@ -18,6 +18,7 @@ use super::handshake::{self, HandshakeError, UpstreamTemplate};
 use super::session::{Session, client_end, close_of, fault};
 use crate::app::Shared;
 use crate::config::Config;
+use crate::policy::ProxyPolicy;
 use crate::upstream::{self, Member, UpstreamIo};
 
 /// Reconnect delay before try `attempt` (0-based): uniform in
@@ -47,6 +48,8 @@ pub enum HoldOutcome {
     Refused,
     /// The proxy itself began shutting down while the client was held.
     Shutdown,
+    /// One of holdfast's own policies (rate limit, token expiry) closed the held session.
+    Policy,
 }
 
 impl HoldOutcome {
@@ -58,6 +61,7 @@ impl HoldOutcome {
             HoldOutcome::ClientClosed => "client_closed",
             HoldOutcome::Refused => "refused",
             HoldOutcome::Shutdown => "shutdown",
+            HoldOutcome::Policy => "policy",
         }
     }
 }
@@ -208,6 +212,7 @@ pub enum HoldEnd {
     GaveUp(HoldOutcome),
     Client(ClientEnd),
     Shutdown,
+    Policy(ProxyPolicy),
 }
 
 impl<C> Session<C>
@@ -251,6 +256,7 @@ where
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
         let shutdown = self.shutdown.clone();
+        let expires_at = self.expires_at.unwrap_or_else(super::session::far_future);
         tracing::info!(session = %self.id, upstream = %self.member, "upstream restarting: holding the client");
 
         let end = loop {
@@ -258,11 +264,17 @@ where
                 biased;
                 _ = shutdown.cancelled() => break HoldEnd::Shutdown,
                 _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
+                _ = tokio::time::sleep_until(expires_at), if self.expires_at.is_some() => {
+                    break HoldEnd::Policy(ProxyPolicy::TokenExpired);
+                }
                 incoming = self.client.next() => {
                     self.last_client_rx = Instant::now();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => break HoldEnd::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                            if let Err(fired) = self.admit() {
+                                break HoldEnd::Policy(fired);
+                            }
                             let seq = self.record_client_message(&message);
                             if buffer.push(seq, message).is_err() {
                                 break HoldEnd::GaveUp(HoldOutcome::Overflow);
@@ -327,6 +339,7 @@ where
             HoldEnd::GaveUp(outcome) => *outcome,
             HoldEnd::Client(_) => HoldOutcome::ClientClosed,
             HoldEnd::Shutdown => HoldOutcome::Shutdown,
+            HoldEnd::Policy(_) => HoldOutcome::Policy,
         };
         self.holds.push(outcome);
         tracing::info!(

@@ -8,6 +8,7 @@ pub mod hold;
 pub mod session;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::app::Shared;
 use crate::config::{self, Config};
 use crate::http::{Body, ConnInfo};
+use crate::policy::token;
 use crate::upstream;
 use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
 
@@ -104,6 +106,25 @@ pub async fn accept(
         Ok(offer) => offer,
         Err(e) => return reject(e),
     };
+    // SPEC §3.4 token expiry: the JWT is read (not verified: the upstream authenticates the
+    // handshake) before the upstream is dialled; no token or an expired one is a 401.
+    let expires_in = match &config.policy.token_expiry {
+        None => None,
+        Some(source) => {
+            let since_epoch = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            match token::check(
+                source,
+                req.uri().query(),
+                req.headers(),
+                since_epoch.as_secs(),
+            ) {
+                Ok(exp) => exp.map(|exp| Duration::from_secs(exp).saturating_sub(since_epoch)),
+                Err(e) => return reject(e.into()),
+            }
+        }
+    };
     let session_id = new_session_id();
     let template =
         UpstreamTemplate::new(req.uri(), req.headers(), conn.peer, conn.tls, &session_id);
@@ -123,6 +144,7 @@ pub async fn accept(
         template: Arc::new(template),
         member,
         protocol: upstream.protocol().cloned(),
+        expires_in,
     };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -21,12 +21,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::close::{
-    self, ClientEnd, Close, CloseRules, GOING_AWAY, NO_STATUS, UpstreamDecision, UpstreamEnd,
-    WireClose,
+    self, ClientEnd, Close, CloseRules, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, UpstreamDecision,
+    UpstreamEnd, WireClose,
 };
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use crate::app::Shared;
+use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::upstream::{Member, UpstreamIo};
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
@@ -96,6 +97,8 @@ enum Ending {
     Shutdown,
     /// A hold failed; the client gets `restart.give_up_code`.
     GaveUp,
+    /// One of holdfast's own policies closes the session with 1008.
+    Policy(ProxyPolicy),
 }
 
 /// Counters for the session-end log line (and metrics).
@@ -116,6 +119,8 @@ pub struct Report {
     pub upstream_close: Option<(u16, Option<u16>)>,
     /// Every hold of this session, in order.
     pub holds: Vec<HoldOutcome>,
+    /// The policy of a 1008 close sent to the client, and who closed.
+    pub policy: Option<(String, policy::Source)>,
 }
 
 /// What `Session::new` needs from the completed first handshake.
@@ -123,6 +128,8 @@ pub struct Opened {
     pub template: Arc<UpstreamTemplate>,
     pub member: Member,
     pub protocol: Option<HeaderValue>,
+    /// Time left on the handshake's token (`policy.token_expiry`).
+    pub expires_in: Option<Duration>,
 }
 
 pub struct Session<C> {
@@ -150,6 +157,15 @@ pub struct Session<C> {
     pub(super) last_client_rx: Instant,
     last_upstream_rx: Instant,
     last_data: Instant,
+    /// `policy.rate_limit` over client data messages.
+    bucket: Option<TokenBucket>,
+    /// When the handshake's token expires.
+    pub(super) expires_at: Option<Instant>,
+}
+
+/// A deadline that never comes, for timers that are off.
+pub(super) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 fn payload_len(message: &Message) -> Option<usize> {
@@ -172,7 +188,10 @@ where
         shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
-        let replay_first = shared.config.load().restart.replay_first as u64;
+        let (replay_first, rate_limit) = {
+            let config = shared.config.load();
+            (config.restart.replay_first as u64, config.policy.rate_limit)
+        };
         Self {
             id: opened.template.session_id.clone(),
             peer,
@@ -192,6 +211,8 @@ where
             last_client_rx: now,
             last_upstream_rx: now,
             last_data: now,
+            bucket: TokenBucket::new(rate_limit, now),
+            expires_at: opened.expires_in.map(|d| now + d),
         }
     }
 
@@ -207,7 +228,7 @@ where
                 self.shared.pool.mark_failed(self.member.addr);
                 // The old upstream's close handshake completes on the side, bounded.
                 self.shared.tracker.spawn(async move {
-                    complete_close(&mut upstream, None).await;
+                    complete_close(&mut upstream, Vec::new()).await;
                 });
                 match self.hold().await {
                     HoldEnd::Resumed(new) => {
@@ -218,6 +239,7 @@ where
                     HoldEnd::GaveUp(_) => break self.finish(Ending::GaveUp, None).await,
                     HoldEnd::Client(end) => break self.finish(Ending::Client(end), None).await,
                     HoldEnd::Shutdown => break self.finish(Ending::Shutdown, None).await,
+                    HoldEnd::Policy(fired) => break self.finish(Ending::Policy(fired), None).await,
                 }
             }
             break self.finish(ending, Some(upstream)).await;
@@ -251,6 +273,16 @@ where
         close::on_upstream_end(end, &rules) == UpstreamDecision::Hold
     }
 
+    /// `policy.rate_limit`: may the client send a data message now?
+    pub(super) fn admit(&mut self) -> Result<(), ProxyPolicy> {
+        match &mut self.bucket {
+            Some(bucket) => bucket
+                .take(Instant::now())
+                .map_err(|retry| ProxyPolicy::RateLimit { retry }),
+            None => Ok(()),
+        }
+    }
+
     /// Numbers a client data message and records it if it is among the first `replay_first`.
     pub(super) fn record_client_message(&mut self, message: &Message) -> u64 {
         let seq = self.client_seq;
@@ -277,6 +309,8 @@ where
         // update on the hot path.
         let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(idle);
+        let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or_else(far_future));
+        tokio::pin!(expiry);
         let shutdown = self.shutdown.clone();
 
         loop {
@@ -289,6 +323,9 @@ where
                         Some(Ok(Message::Close(frame))) => return Ending::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
+                                if let Err(fired) = self.admit() {
+                                    return Ending::Policy(fired);
+                                }
                                 self.last_data = self.last_client_rx;
                                 let seq = self.record_client_message(&message);
                                 if let Err(e) = upstream.send(message.clone()).await {
@@ -338,6 +375,7 @@ where
                         return Ending::Upstream(upstream_end(fault(&e)));
                     }
                 }
+                _ = &mut expiry, if self.expires_at.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
                 _ = &mut idle, if idle_after.is_some() => {
                     let deadline = self.last_data + idle_after.unwrap_or_default();
                     if deadline <= Instant::now() {
@@ -363,17 +401,20 @@ where
             client_close: None,
             upstream_close: None,
             holds: self.holds.clone(),
+            policy: None,
         };
-        let own = |code, reason| Some(close_message(close::to_wire(Close::new(code, reason))));
-        let (to_client, to_upstream): (Option<Message>, Option<Message>) = match ending {
+        let own =
+            |code: u16, reason: &str| vec![close_message(close::to_wire(Close::new(code, reason)))];
+        // Messages for each side, the close frame last; empty: only complete the handshake.
+        let (to_client, to_upstream): (Vec<Message>, Vec<Message>) = match ending {
             Ending::Client(end) => {
                 let decision = close::on_client_end(&end, &config.rewrites);
                 report.client_close = Some((
                     decision.original,
                     decision.to_upstream.as_ref().map(|c| c.code),
                 ));
-                let reply = decision.to_client.map(close_message);
-                (reply, Some(close_message(decision.to_upstream)))
+                let reply = decision.to_client.map(close_message).into_iter().collect();
+                (reply, vec![close_message(decision.to_upstream)])
             }
             Ending::Upstream(end) => {
                 let rules = CloseRules {
@@ -388,31 +429,55 @@ where
                 else {
                     unreachable!("hold: false never decides Hold")
                 };
-                // SPEC §3.4: policy context for a 1008 attaches here, between rewrite and wire.
+                let mut to_client = Vec::new();
+                // SPEC §3.2 step 3: a 1008 (as received or as rewritten) gets policy context.
+                let close = if close.code == POLICY_VIOLATION {
+                    let context = policy::upstream_context(&close.reason, &config.policy);
+                    report.policy = Some((context.policy.clone(), context.source));
+                    let (close, message) = policy::apply(&context, close, config.policy.context);
+                    to_client.extend(message.map(Message::text));
+                    close
+                } else {
+                    close
+                };
                 let wire = close::to_wire(close);
                 report.upstream_close = Some((original, wire.as_ref().map(|c| c.code)));
+                to_client.push(close_message(wire));
                 let verdict = end
                     .verdict_for_upstream()
                     .map(|c| close_message(close::to_wire(c)));
-                (Some(close_message(wire)), verdict)
+                (to_client, verdict.into_iter().collect())
+            }
+            Ending::Policy(fired) => {
+                let context = fired.context(&config.policy);
+                report.policy = Some((context.policy.clone(), context.source));
+                let (close, message) =
+                    policy::apply(&context, fired.plain_close(), config.policy.context);
+                let mut to_client: Vec<Message> = message.map(Message::text).into_iter().collect();
+                to_client.push(close_message(close::to_wire(close)));
+                let reason = format!("client closed by proxy policy {}", fired.id());
+                (to_client, own(GOING_AWAY, reason.as_str()))
             }
             Ending::Idle => (
                 own(GOING_AWAY, "idle timeout"),
                 own(GOING_AWAY, "idle timeout"),
             ),
             Ending::Shutdown => (
-                Some(close_message(close::to_wire(
+                vec![close_message(close::to_wire(
                     config.shutdown.client.clone(),
-                ))),
+                ))],
                 own(GOING_AWAY, "proxy shutting down"),
             ),
             Ending::GaveUp => (
-                Some(close_message(close::to_wire(
+                vec![close_message(close::to_wire(
                     config.restart.give_up.clone(),
-                ))),
-                None,
+                ))],
+                Vec::new(),
             ),
         };
+        if let Some((id, source)) = &report.policy {
+            tracing::info!(session = %self.id, policy = %id, source = source.as_str(), "policy close");
+        }
         match upstream {
             Some(mut upstream) => {
                 tokio::join!(
@@ -426,20 +491,21 @@ where
     }
 }
 
-/// Sends `close` (if any), then reads until the peer's close reply or EOF, bounded by
-/// `CLOSE_TIMEOUT`; then shuts the transport down (a TLS close_notify over TLS).
-pub(super) async fn complete_close<S>(socket: &mut WebSocketStream<S>, close: Option<Message>)
+/// Sends `messages` (the close frame last; none: only flush a close reply tungstenite
+/// queued), then reads until the peer's close reply or EOF, bounded by `CLOSE_TIMEOUT`;
+/// then shuts the transport down (a TLS close_notify over TLS).
+pub(super) async fn complete_close<S>(socket: &mut WebSocketStream<S>, messages: Vec<Message>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if let Some(close) = close {
-            if socket.send(close).await.is_err() {
+        for message in messages {
+            if socket.feed(message).await.is_err() {
                 return;
             }
-        } else {
-            // A reply tungstenite queued for a close it received goes out on the next flush.
-            let _ = socket.flush().await;
+        }
+        if socket.flush().await.is_err() {
+            return;
         }
         while let Some(Ok(_)) = socket.next().await {}
     })
