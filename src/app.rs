@@ -1,32 +1,41 @@
-//! Build, then run: `App::build` binds every socket and loads TLS so start-up errors
-//! appear before any traffic and tests can read the bound address back; `App::run`
-//! serves until the shutdown future resolves, then drains.
+//! Build, then run: `App::build` binds every socket (proxy and admin) and loads TLS so
+//! start-up errors appear before any traffic and tests can read the bound addresses back;
+//! `App::run` serves until the shutdown future resolves, then drains. `AppHandle::reload`
+//! swaps in a new configuration (SIGHUP) without dropping a session.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
 use crate::upstream::Pool;
 
 /// State shared by every connection and session.
 pub struct Shared {
-    /// The live configuration; sessions read it at decision points.
+    /// The live configuration; sessions read it at decision points, so a reload reaches them.
     pub config: ArcSwap<Config>,
+    /// The client-facing TLS configuration, swapped when certificates are reloaded.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
     pub pool: Pool,
-    /// Session tasks, waited for on shutdown.
+    pub metrics: Metrics,
+    /// Session tasks (and their side tasks), waited for on shutdown.
     pub tracker: TaskTracker,
-    /// Cancelled when the proxy starts draining.
+    /// Cancelled when the proxy starts draining; `/readyz` answers 503 from then on.
     pub shutdown: CancellationToken,
     /// `listen.max_connections` permits.
     pub connections: Arc<Semaphore>,
+    /// WebSocket sessions open right now (the `holdfast_sessions_active` gauge's value).
+    pub sessions: AtomicUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,31 +49,42 @@ pub enum BuildError {
 
 pub struct App {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
+}
+
+/// A handle on a running (or built) app, for reloads.
+#[derive(Clone)]
+pub struct AppHandle {
+    shared: Arc<Shared>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BuildError::Bind { addr, source })
 }
 
 impl App {
     pub async fn build(config: Config) -> Result<App, BuildError> {
-        let addr = config.listen.address;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BuildError::Bind { addr, source })?;
-        let tls = config
-            .listen
-            .tls
-            .as_ref()
-            .map(|t| TlsAcceptor::from(t.config.clone()));
+        let listener = bind(config.listen.address).await?;
+        let admin = match config.admin.address {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             connections: Arc::new(Semaphore::new(config.listen.max_connections)),
+            tls: ArcSwapOption::from(config.listen.tls.as_ref().map(|t| t.config.clone())),
             config: ArcSwap::from_pointee(config),
             pool: Pool::default(),
+            metrics: Metrics::new(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            sessions: AtomicUsize::new(0),
         });
         Ok(App {
             listener,
-            tls,
+            admin,
             shared,
         })
     }
@@ -76,15 +96,48 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves; then every session is told (`shutdown.client_code`
-    /// to clients, 1001 to upstreams) and waited for up to `drain_timeout`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// The admin listener's address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        AppHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` resolves; then readiness goes false, the listener stops
+    /// accepting, every session is told (`shutdown.client_code` to clients, 1001 to
+    /// upstreams) and waited for up to `drain_timeout`. Returns how many sessions were
+    /// still open when the drain ended.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
         let App {
             listener,
-            tls,
+            admin,
             shared,
         } = self;
-        let accept = crate::listener::serve(listener, tls, shared.clone());
+        let admin_stop = CancellationToken::new();
+        if let Some(admin) = admin {
+            tokio::spawn(crate::admin::serve(
+                admin,
+                shared.clone(),
+                admin_stop.clone(),
+            ));
+        }
+        let upkeep = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    shared.metrics.run_upkeep();
+                }
+            })
+        };
+        let accept = crate::listener::serve(listener, shared.clone());
         tokio::select! {
             _ = accept => {}
             _ = shutdown => {}
@@ -92,15 +145,84 @@ impl App {
         let drain = shared.config.load().shutdown.drain_timeout;
         shared.shutdown.cancel();
         shared.tracker.close();
-        tracing::info!(sessions = shared.tracker.len(), "draining");
-        if tokio::time::timeout(drain, shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        tracing::info!(
+            sessions = shared.sessions.load(Ordering::Relaxed),
+            drain_timeout = ?drain,
+            "draining: readiness false, no new connections, clients told to reconnect"
+        );
+        let left = match tokio::time::timeout(drain, shared.tracker.wait()).await {
+            Ok(()) => 0,
+            Err(_) => shared.tracker.len(),
+        };
+        if left > 0 {
             tracing::warn!(
-                sessions_left = shared.tracker.len(),
+                tasks_left = left,
                 "drain_timeout passed with sessions still open"
             );
+        } else {
+            tracing::info!("drained: every session closed");
         }
+        shared.metrics.run_upkeep();
+        admin_stop.cancel();
+        upkeep.abort();
+        left
+    }
+}
+
+impl AppHandle {
+    /// Re-reads `path` (and the environment). A valid configuration replaces the live one:
+    /// new sessions use it and live sessions pick up rewrite rules, policies, endpoints and
+    /// restart settings at their next decision; certificates are swapped. An invalid one
+    /// is logged and counted, and the old configuration stays.
+    pub fn reload_file(&self, path: &Path) -> Result<(), config::ConfigError> {
+        match config::load_file(path) {
+            Ok(loaded) => {
+                self.apply(loaded.config);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.config_reload(false);
+                tracing::error!(path = %path.display(), error = %e, "reload failed; keeping the running configuration");
+                Err(e)
+            }
+        }
+    }
+
+    /// Swaps in `new`; settings bound at start-up are reported as needing a restart.
+    pub fn apply(&self, new: Config) {
+        let shared = &self.shared;
+        let old = shared.config.load_full();
+        let mut needs_restart = Vec::new();
+        if old.listen.address != new.listen.address {
+            needs_restart.push("listen.address");
+        }
+        if old.admin.address != new.admin.address {
+            needs_restart.push("admin.address");
+        }
+        if old.listen.max_connections != new.listen.max_connections {
+            needs_restart.push("listen.max_connections");
+        }
+        match (&old.listen.tls, &new.listen.tls) {
+            (Some(_), Some(tls)) => {
+                shared.tls.store(Some(tls.config.clone()));
+                tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded");
+            }
+            (None, None) => {}
+            _ => needs_restart.push("listen.tls (turning TLS on or off)"),
+        }
+        shared.config.store(Arc::new(new));
+        shared.metrics.config_reload(true);
+        tracing::info!("configuration reloaded");
+        for key in needs_restart {
+            tracing::warn!(
+                key,
+                "changed in the file but only takes effect after a restart"
+            );
+        }
+    }
+
+    /// Whether the proxy reports ready (listening and not draining).
+    pub fn is_ready(&self) -> bool {
+        !self.shared.shutdown.is_cancelled()
     }
 }

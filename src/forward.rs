@@ -31,6 +31,12 @@ pub async fn forward(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
+    let response = pass(req, conn, &shared).await;
+    shared.metrics.http_request(response.status().as_u16());
+    response
+}
+
+async fn pass(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Response<Body> {
     let config = shared.config.load_full();
     let endpoint = shared.pool.pick(&config.upstream.endpoints).clone();
     let io = match upstream::dial(&endpoint, &config.upstream).await {

@@ -84,6 +84,11 @@ where
 async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Response<Body> {
     if conn.permit.is_none() {
         tracing::debug!(peer = %conn.peer, "over max_connections: 503");
+        if is_websocket_upgrade(req.headers()) {
+            shared.metrics.handshake_rejected(503);
+        } else {
+            shared.metrics.http_request(503);
+        }
         return HandshakeError::Overloaded.into_response();
     }
     if is_websocket_upgrade(req.headers()) {

@@ -3,7 +3,9 @@
 //!
 //! Module map:
 //! * `config`   — figment loading, validation into `Config`, `holdfast check` report
-//! * `app`      — `App::build` (bind, TLS) and `App::run` (serve, drain)
+//! * `app`      — `App::build` (bind, TLS), `App::run` (serve, drain), reload
+//! * `admin`    — /metrics /healthz /readyz
+//! * `metrics`  — every metric name and its typed helper
 //! * `listener` — accept loop, `max_connections`, TLS handshake
 //! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
 //! * `forward`  — plain HTTP passthrough to the upstream
@@ -12,11 +14,13 @@
 //! * `upstream` — endpoint pool, resolution, dial (TCP + TLS)
 //! * `tls`      — rustls configs for both hops
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod forward;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod policy;
 pub mod tls;
 pub mod upstream;

@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::Shared;
 use crate::http::{self, ConnInfo};
 
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut accept_errors = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -32,6 +32,8 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
             }
         };
         let _ = tcp.set_nodelay(true);
+        // The current certificate: a reload swaps it for the next connection.
+        let tls = shared.tls.load_full().map(TlsAcceptor::from);
         let permit = shared
             .connections
             .clone()
@@ -44,7 +46,6 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<
             permit,
         };
         let shared = shared.clone();
-        let tls = tls.clone();
         let handshake_timeout = shared.config.load().listen.handshake_timeout;
         tokio::spawn(async move {
             match tls {

@@ -80,11 +80,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        None => run(loaded.config),
+        None => run(loaded.config, cli.config),
     }
 }
 
-fn run(config: config::Config) -> ExitCode {
+fn run(config: config::Config, path: PathBuf) -> ExitCode {
     // Each session holds two sockets: use every file descriptor the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
@@ -105,11 +105,31 @@ fn run(config: config::Config) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tracing::info!(address = %app.proxy_addr(), "holdfast listening");
-        app.run(shutdown_signal()).await;
-        tracing::info!("holdfast stopped");
+        tracing::info!(
+            address = %app.proxy_addr(),
+            admin = ?app.admin_addr(),
+            config = %path.display(),
+            "holdfast listening"
+        );
+        tokio::spawn(reload_on_sighup(app.handle(), path));
+        let left = app.run(shutdown_signal()).await;
+        tracing::info!(sessions_left = left, "holdfast stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: re-read the config file; an invalid file keeps the running configuration.
+async fn reload_on_sighup(handle: holdfast::app::AppHandle, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reloads are off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration");
+        // Errors are logged and counted by reload_file.
+        let _ = handle.reload_file(&path);
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -233,7 +233,8 @@ pub enum ClientEnd {
 pub struct ClientEndDecision {
     /// holdfast's own verdict to the client (1002/1007/1009), if the client was at fault.
     pub to_client: Option<WireClose>,
-    /// The code the client's end is reported as, before rewriting.
+    /// What happened on the client side, as a code: its close code, 1006 when it vanished,
+    /// 1002/1009/1007 for its faults (for logs and the `original` metric label).
     pub original: u16,
     pub to_upstream: WireClose,
 }
@@ -257,9 +258,16 @@ pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDeci
             Close::new(GOING_AWAY, "client sent invalid UTF-8"),
         ),
     };
+    let original = match end {
+        ClientEnd::Closed(close) => close.code,
+        ClientEnd::Vanished => ABNORMAL,
+        ClientEnd::ProtocolError => PROTOCOL_ERROR,
+        ClientEnd::TooBig => MESSAGE_TOO_BIG,
+        ClientEnd::InvalidUtf8 => INVALID_PAYLOAD,
+    };
     ClientEndDecision {
         to_client: to_client.map(to_wire),
-        original: received.code,
+        original,
         to_upstream: to_wire(rewrite(received, Direction::ToUpstream, rewrites)),
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::close::ClientEnd;
+use super::close::{ClientEnd, Direction};
 use super::handshake::{self, HandshakeError, UpstreamTemplate};
 use super::session::{Session, client_end, close_of, fault};
 use crate::app::Shared;
@@ -165,6 +165,7 @@ async fn try_resume(
     let io = match upstream::dial_addr(&member.endpoint, member.addr, &config.upstream).await {
         Ok(io) => io,
         Err(e) => {
+            shared.metrics.upstream_connect(e.result_label());
             shared.pool.mark_failed(member.addr);
             return Try::Retry(format!("{member}: {e}"));
         }
@@ -177,6 +178,7 @@ async fn try_resume(
         handshake::upstream_handshake(request, io, super::socket_config(&config.websocket));
     match tokio::time::timeout(config.listen.handshake_timeout, handshake).await {
         Ok(Ok(mut upstream)) => {
+            shared.metrics.upstream_connect("ok");
             if upstream.protocol() != protocol.as_ref() {
                 let _ = upstream.socket.close(None).await;
                 shared.pool.mark_failed(member.addr);
@@ -193,16 +195,29 @@ async fn try_resume(
             }
         }
         Ok(Err(HandshakeError::Refused(response))) if response.status().is_client_error() => {
+            shared.metrics.upstream_connect("refused");
             Try::Refused(response.status())
         }
         Ok(Err(e)) => {
+            shared.metrics.upstream_connect(connect_result(&e));
             shared.pool.mark_failed(member.addr);
             Try::Retry(format!("{member}: {e}"))
         }
         Err(_) => {
+            shared.metrics.upstream_connect("timeout");
             shared.pool.mark_failed(member.addr);
             Try::Retry(format!("{member}: handshake timed out"))
         }
+    }
+}
+
+/// The `result` label for a failed upstream handshake.
+pub fn connect_result(error: &HandshakeError) -> &'static str {
+    match error {
+        HandshakeError::Unreachable(dial) => dial.result_label(),
+        HandshakeError::Refused(_) => "refused",
+        HandshakeError::UpstreamTimeout => "timeout",
+        _ => "error",
     }
 }
 
@@ -228,10 +243,11 @@ where
         let since = Instant::now();
         let deadline = since + restart.max_hold;
         let mut buffer = HoldBuffer::new(restart.buffer_messages, restart.buffer_bytes);
-        if let Some((seq, message)) = self.unsent.take()
-            && buffer.push(seq, message).is_err()
-        {
-            return self.hold_ended(since, 0, &buffer, HoldEnd::GaveUp(HoldOutcome::Overflow));
+        if let Some((seq, message)) = self.unsent.take() {
+            if buffer.push(seq, message).is_err() {
+                return self.hold_ended(since, 0, &buffer, HoldEnd::GaveUp(HoldOutcome::Overflow));
+            }
+            self.shared.metrics.held_messages.increment(1.0);
         }
         let mut attempt = 0u32;
         let (shared, template, protocol) = (
@@ -279,6 +295,7 @@ where
                             if buffer.push(seq, message).is_err() {
                                 break HoldEnd::GaveUp(HoldOutcome::Overflow);
                             }
+                            self.shared.metrics.held_messages.increment(1.0);
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break HoldEnd::Client(client_end(fault(&e))),
@@ -342,6 +359,10 @@ where
             HoldEnd::Policy(_) => HoldOutcome::Policy,
         };
         self.holds.push(outcome);
+        let metrics = &self.shared.metrics;
+        metrics.hold_ended(outcome, since.elapsed());
+        // Whatever is still buffered is no longer held (delivered ones were counted down).
+        metrics.held_messages.decrement(buffer.len() as f64);
         tracing::info!(
             session = %self.id,
             outcome = outcome.as_str(),
@@ -369,12 +390,14 @@ where
         while let Some((seq, message)) = buffer.front() {
             // Messages among the first `replay_first` were just replayed: exactly once.
             if *seq >= replayed {
-                let len = message.len() as u64;
+                let len = message.len();
                 socket.feed(message.clone()).await?;
                 self.stats.messages_to_upstream += 1;
-                self.stats.bytes_to_upstream += len;
+                self.stats.bytes_to_upstream += len as u64;
+                self.shared.metrics.message(Direction::ToUpstream, len);
             }
             buffer.pop_delivered();
+            self.shared.metrics.held_messages.decrement(1.0);
         }
         socket.flush().await
     }

@@ -45,6 +45,7 @@ pub async fn open_upstream(
     template: &UpstreamTemplate,
     config: &Config,
     pool: &upstream::Pool,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(UpstreamSocket, upstream::Member), HandshakeError> {
     let window = hold::failure_window(&config.restart);
     let members = pool.members(&config.upstream.endpoints, window).await;
@@ -55,6 +56,7 @@ pub async fn open_upstream(
             Ok(io) => io,
             Err(e) => {
                 tracing::warn!(upstream = %member, error = %e, "upstream connect failed");
+                metrics.upstream_connect(e.result_label());
                 pool.mark_failed(member.addr);
                 last = Some(HandshakeError::Unreachable(e));
                 continue;
@@ -63,14 +65,19 @@ pub async fn open_upstream(
         match handshake::upstream_handshake(request, io, socket_config(&config.websocket)).await {
             Err(e @ HandshakeError::UpstreamProtocol(_)) => {
                 tracing::warn!(upstream = %member, error = %e, "upstream handshake failed");
+                metrics.upstream_connect("error");
                 pool.mark_failed(member.addr);
                 last = Some(e);
             }
             Ok(socket) => {
+                metrics.upstream_connect("ok");
                 pool.mark_ok(member.addr);
                 return Ok((socket, member));
             }
-            Err(refused) => return Err(refused),
+            Err(refused) => {
+                metrics.upstream_connect(hold::connect_result(&refused));
+                return Err(refused);
+            }
         }
     }
     Err(last.unwrap_or_else(|| {
@@ -96,6 +103,7 @@ pub async fn accept(
     let config = shared.config.load_full();
     let reject = |e: HandshakeError| {
         tracing::info!(peer = %conn.peer, status = e.status().as_u16(), reason = %e, "handshake rejected");
+        shared.metrics.handshake_rejected(e.status().as_u16());
         e.into_response()
     };
     let offer = match handshake::validate_upgrade(
@@ -130,7 +138,7 @@ pub async fn accept(
         UpstreamTemplate::new(req.uri(), req.headers(), conn.peer, conn.tls, &session_id);
     let opened = tokio::time::timeout(
         config.listen.handshake_timeout,
-        open_upstream(&template, &config, &shared.pool),
+        open_upstream(&template, &config, &shared.pool, &shared.metrics),
     )
     .await;
     let (upstream, member) = match opened {
@@ -156,7 +164,11 @@ pub async fn accept(
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
-                tracing::debug!(session = %session_id, error = %e, "client upgrade did not complete");
+                tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
+                shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error);
+                let mut upstream = upstream;
+                let going_away = close::Close::new(close::GOING_AWAY, "client did not complete the upgrade");
+                session::complete_close(&mut upstream, vec![session::close_message(Some(going_away))]).await;
                 return;
             }
         };

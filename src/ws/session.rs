@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -21,12 +22,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::close::{
-    self, ClientEnd, Close, CloseRules, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, UpstreamDecision,
-    UpstreamEnd, WireClose,
+    self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
+    UpstreamDecision, UpstreamEnd, WireClose,
 };
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use crate::app::Shared;
+use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::upstream::{Member, UpstreamIo};
 
@@ -220,6 +222,7 @@ where
     /// Never panics on peer input.
     pub async fn run(mut self, mut upstream: WebSocketStream<UpstreamIo>) -> Report {
         let started = Instant::now();
+        let _active = ActiveSession::new(self.shared.clone());
         let report = loop {
             let ending = self.relay(&mut upstream).await;
             if let Ending::Upstream(end) = &ending
@@ -335,6 +338,7 @@ where
                                 }
                                 self.stats.messages_to_upstream += 1;
                                 self.stats.bytes_to_upstream += len as u64;
+                                self.shared.metrics.message(Direction::ToUpstream, len);
                             }
                         }
                         Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
@@ -353,6 +357,7 @@ where
                                 }
                                 self.stats.messages_to_client += 1;
                                 self.stats.bytes_to_client += len as u64;
+                                self.shared.metrics.message(Direction::ToClient, len);
                             }
                         }
                         Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
@@ -405,10 +410,13 @@ where
         };
         let own =
             |code: u16, reason: &str| vec![close_message(close::to_wire(Close::new(code, reason)))];
+        // Where each side's close comes from, for the `original` metric label.
+        let (mut client_original, mut upstream_original) = (Original::Proxy, Original::Proxy);
         // Messages for each side, the close frame last; empty: only complete the handshake.
         let (to_client, to_upstream): (Vec<Message>, Vec<Message>) = match ending {
             Ending::Client(end) => {
                 let decision = close::on_client_end(&end, &config.rewrites);
+                upstream_original = Original::Received(decision.original);
                 report.client_close = Some((
                     decision.original,
                     decision.to_upstream.as_ref().map(|c| c.code),
@@ -429,6 +437,7 @@ where
                 else {
                     unreachable!("hold: false never decides Hold")
                 };
+                client_original = Original::Received(original);
                 let mut to_client = Vec::new();
                 // SPEC §3.2 step 3: a 1008 (as received or as rewritten) gets policy context.
                 let close = if close.code == POLICY_VIOLATION {
@@ -475,8 +484,18 @@ where
                 Vec::new(),
             ),
         };
+        let metrics = &self.shared.metrics;
         if let Some((id, source)) = &report.policy {
+            metrics.policy_violation(id, *source);
             tracing::info!(session = %self.id, policy = %id, source = source.as_str(), "policy close");
+        }
+        if let Some(code) = to_client.last().and_then(wire_code) {
+            metrics.close_sent(Direction::ToClient, code, client_original);
+        }
+        if upstream.is_some()
+            && let Some(code) = to_upstream.last().and_then(wire_code)
+        {
+            metrics.close_sent(Direction::ToUpstream, code, upstream_original);
         }
         match upstream {
             Some(mut upstream) => {
@@ -488,6 +507,33 @@ where
             None => complete_close(&mut self.client, to_client).await,
         }
         report
+    }
+}
+
+/// The code of a close message as sent (`Some(None)`: an empty close frame).
+fn wire_code(message: &Message) -> Option<Option<u16>> {
+    match message {
+        Message::Close(frame) => Some(frame.as_ref().map(|f| u16::from(f.code))),
+        _ => None,
+    }
+}
+
+/// Counts a session in `holdfast_sessions_active` for as long as it lives.
+struct ActiveSession(Arc<Shared>);
+
+impl ActiveSession {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.metrics.sessions_active.increment(1.0);
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.metrics.sessions_active.decrement(1.0);
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.session_ended(SessionOutcome::Closed);
     }
 }
 

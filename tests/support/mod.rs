@@ -330,26 +330,33 @@ impl UpstreamBuilder {
 /// A running proxy; dropping it stops it.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub handle: holdfast::app::AppHandle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub done: tokio::task::JoinHandle<()>,
+    /// Resolves with the number of sessions left when the drain ended.
+    pub done: tokio::task::JoinHandle<usize>,
 }
 
 impl Proxy {
     /// Starts holdfast on 127.0.0.1:0 in front of `endpoints`, with `extra` TOML layered on top.
     pub async fn start(endpoints: &[String], extra: &str) -> Proxy {
         let base = format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"\"\n[upstream]\nendpoints = {endpoints:?}\n"
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream]\nendpoints = {endpoints:?}\n"
         );
         let config =
             holdfast::config::from_toml_layers(&[&base, extra]).expect("test config is valid");
         let app = App::build(config).await.expect("proxy binds");
         let addr = app.proxy_addr();
+        let admin = app.admin_addr().expect("tests run the admin listener");
+        let handle = app.handle();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let done = tokio::spawn(app.run(async {
             let _ = stopped.await;
         }));
         Proxy {
             addr,
+            admin,
+            handle,
             stop: Some(stop),
             done,
         }
@@ -359,12 +366,34 @@ impl Proxy {
         format!("ws://{}{path}", self.addr)
     }
 
-    /// Starts the proxy's shutdown (drain) and waits for it to finish.
-    pub async fn shutdown(mut self) {
+    /// Starts the proxy's shutdown (drain) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        within("proxy shutdown", &mut self.done).await.unwrap();
+    }
+
+    /// Starts the proxy's shutdown (drain) and waits for it; returns the sessions left.
+    pub async fn shutdown(mut self) -> usize {
+        self.begin_shutdown();
+        within("proxy shutdown", &mut self.done).await.unwrap()
+    }
+
+    /// `GET path` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+
+    /// The value of one metric series, e.g. `holdfast_holds_total{outcome="resumed"}`
+    /// (0 when the series is absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 }
 
@@ -440,6 +469,18 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A plain `GET` over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(addr, request.as_bytes()).await;
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A raw upgrade request with the given extra header lines.

@@ -1,0 +1,350 @@
+//! Every metric of SPEC §4: names as constants, labels from closed sets, and small typed
+//! helpers called where each outcome happens. Each `App` owns its own Prometheus recorder
+//! (no process-global state), so in-process tests see only their own proxy's numbers.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::policy::Source;
+use crate::ws::close::Direction;
+use crate::ws::hold::HoldOutcome;
+
+pub const SESSIONS_ACTIVE: &str = "holdfast_sessions_active";
+pub const SESSIONS_TOTAL: &str = "holdfast_sessions_total";
+pub const HANDSHAKES_REJECTED_TOTAL: &str = "holdfast_handshakes_rejected_total";
+pub const MESSAGES_TOTAL: &str = "holdfast_messages_total";
+pub const BYTES_TOTAL: &str = "holdfast_bytes_total";
+pub const CLOSE_CODES_TOTAL: &str = "holdfast_close_codes_total";
+pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
+pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
+pub const HELD_MESSAGES: &str = "holdfast_held_messages";
+pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
+pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
+pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "holdfast_config_reloads_total";
+
+const HOLD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// How a session ended, for `holdfast_sessions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// Established, then closed (whoever closed it).
+    Closed,
+    /// The handshake was refused with an HTTP status.
+    Rejected,
+    /// Accepted with a 101, but the client's upgrade never completed.
+    Error,
+}
+
+impl SessionOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Closed => "closed",
+            SessionOutcome::Rejected => "rejected",
+            SessionOutcome::Error => "error",
+        }
+    }
+}
+
+/// Who a close code came from, for the `original` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Original {
+    /// Received from the peer (pseudo-codes 1005/1006 included).
+    Received(u16),
+    /// holdfast's own close (idle, shutdown, give-up, a policy, a verdict on a faulty peer).
+    Proxy,
+}
+
+/// A close code as a bounded label: assigned codes 1000-1015 and the registered/private
+/// ranges 3000-4999 as numbers, anything else `other`.
+pub fn code_label(code: u16) -> Cow<'static, str> {
+    match code {
+        1000..=1015 | 3000..=4999 => Cow::Owned(code.to_string()),
+        _ => Cow::Borrowed("other"),
+    }
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+}
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub sessions_active: Gauge,
+    pub held_messages: Gauge,
+    hold_duration: Histogram,
+    messages_to_client: Counter,
+    messages_to_upstream: Counter,
+    bytes_to_client: Counter,
+    bytes_to_upstream: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HOLD_DURATION_SECONDS.into()), HOLD_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &metadata())
+        };
+        let metrics = Self {
+            sessions_active: recorder.register_gauge(&key(SESSIONS_ACTIVE, &[]), &metadata()),
+            held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
+            hold_duration: recorder
+                .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
+            messages_to_client: counter(MESSAGES_TOTAL, &[("direction", "to_client")]),
+            messages_to_upstream: counter(MESSAGES_TOTAL, &[("direction", "to_upstream")]),
+            bytes_to_client: counter(BYTES_TOTAL, &[("direction", "to_client")]),
+            bytes_to_upstream: counter(BYTES_TOTAL, &[("direction", "to_upstream")]),
+            recorder,
+            handle,
+        };
+        // Series every dashboard expects to exist from the start, at zero.
+        for outcome in ["closed", "rejected", "error"] {
+            metrics
+                .counter(SESSIONS_TOTAL, vec![("outcome", outcome.into())])
+                .increment(0);
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn counter(
+        &self,
+        name: &'static str,
+        labels: Vec<(&'static str, Cow<'static, str>)>,
+    ) -> Counter {
+        let labels: Vec<Label> = labels.into_iter().map(|(k, v)| Label::new(k, v)).collect();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &metadata())
+    }
+
+    pub fn session_ended(&self, outcome: SessionOutcome) {
+        self.counter(SESSIONS_TOTAL, vec![("outcome", outcome.as_str().into())])
+            .increment(1);
+    }
+
+    pub fn handshake_rejected(&self, status: u16) {
+        self.counter(
+            HANDSHAKES_REJECTED_TOTAL,
+            vec![("status", status.to_string().into())],
+        )
+        .increment(1);
+        self.session_ended(SessionOutcome::Rejected);
+    }
+
+    /// One relayed (or delivered) data message.
+    pub fn message(&self, direction: Direction, bytes: usize) {
+        let (messages, total) = match direction {
+            Direction::ToClient => (&self.messages_to_client, &self.bytes_to_client),
+            Direction::ToUpstream => (&self.messages_to_upstream, &self.bytes_to_upstream),
+        };
+        messages.increment(1);
+        total.increment(bytes as u64);
+    }
+
+    /// A close sent in `direction`: `sent` is the code on the wire (`None`: an empty close).
+    pub fn close_sent(&self, direction: Direction, sent: Option<u16>, original: Original) {
+        let code = sent.map_or(Cow::Borrowed("1005"), code_label);
+        let original = match original {
+            Original::Received(c) => code_label(c),
+            Original::Proxy => Cow::Borrowed("proxy"),
+        };
+        let labels = vec![
+            ("direction", direction.as_str().into()),
+            ("code", code),
+            ("original", original),
+        ];
+        self.counter(CLOSE_CODES_TOTAL, labels).increment(1);
+    }
+
+    pub fn hold_ended(&self, outcome: HoldOutcome, held: Duration) {
+        self.counter(HOLDS_TOTAL, vec![("outcome", outcome.as_str().into())])
+            .increment(1);
+        self.hold_duration.record(held.as_secs_f64());
+    }
+
+    /// `result`: `ok`, `refused`, `timeout` or `error`.
+    pub fn upstream_connect(&self, result: &'static str) {
+        self.counter(UPSTREAM_CONNECTS_TOTAL, vec![("result", result.into())])
+            .increment(1);
+    }
+
+    /// `policy` comes from the catalog (operator-configured ids), holdfast's own policies or
+    /// `unspecified`: a closed set per configuration.
+    pub fn policy_violation(&self, policy: &str, source: Source) {
+        let labels = vec![
+            ("policy", Cow::Owned(policy.to_owned())),
+            ("source", source.as_str().into()),
+        ];
+        self.counter(POLICY_VIOLATIONS_TOTAL, labels).increment(1);
+    }
+
+    pub fn http_request(&self, status: u16) {
+        self.counter(
+            HTTP_REQUESTS_TOTAL,
+            vec![("status", status.to_string().into())],
+        )
+        .increment(1);
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.counter(CONFIG_RELOADS_TOTAL, vec![("result", result.into())])
+            .increment(1);
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+    Key::from_parts(name, labels)
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let help: &[(&'static str, Option<Unit>, &'static str)] = &[
+        (
+            SESSIONS_ACTIVE,
+            None,
+            "WebSocket sessions currently open (relaying or held).",
+        ),
+        (
+            SESSIONS_TOTAL,
+            None,
+            "WebSocket sessions by how they ended.",
+        ),
+        (
+            HANDSHAKES_REJECTED_TOTAL,
+            None,
+            "WebSocket handshakes refused, by HTTP status.",
+        ),
+        (MESSAGES_TOTAL, None, "Data messages relayed, by direction."),
+        (
+            BYTES_TOTAL,
+            Some(Unit::Bytes),
+            "Payload bytes relayed, by direction.",
+        ),
+        (
+            CLOSE_CODES_TOTAL,
+            None,
+            "Close frames sent, by direction, code sent and code received.",
+        ),
+        (
+            HOLDS_TOTAL,
+            None,
+            "Holds across upstream restarts, by outcome.",
+        ),
+        (
+            HOLD_DURATION_SECONDS,
+            Some(Unit::Seconds),
+            "How long clients were held.",
+        ),
+        (
+            HELD_MESSAGES,
+            None,
+            "Client messages buffered in holds right now.",
+        ),
+        (
+            UPSTREAM_CONNECTS_TOTAL,
+            None,
+            "Upstream WebSocket connection attempts, by result.",
+        ),
+        (
+            POLICY_VIOLATIONS_TOTAL,
+            None,
+            "1008 policy closes sent to clients, by policy and source.",
+        ),
+        (
+            HTTP_REQUESTS_TOTAL,
+            None,
+            "Plain HTTP requests passed through, by status.",
+        ),
+        (
+            CONFIG_RELOADS_TOTAL,
+            None,
+            "Configuration reloads (SIGHUP), by result.",
+        ),
+    ];
+    for (name, unit, text) in help {
+        let key_name = metrics::KeyName::from(*name);
+        let text = SharedString::from(*text);
+        if *name == HOLD_DURATION_SECONDS {
+            recorder.describe_histogram(key_name, *unit, text);
+        } else if *name == SESSIONS_ACTIVE || *name == HELD_MESSAGES {
+            recorder.describe_gauge(key_name, *unit, text);
+        } else {
+            recorder.describe_counter(key_name, *unit, text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_labels_are_bounded() {
+        let table = [
+            (1000, "1000"),
+            (1006, "1006"),
+            (1015, "1015"),
+            (1016, "other"),
+            (2999, "other"),
+            (3000, "3000"),
+            (4999, "4999"),
+            (5000, "other"),
+            (999, "other"),
+        ];
+        for (code, label) in table {
+            assert_eq!(code_label(code), label, "{code}");
+        }
+    }
+
+    #[test]
+    fn counters_render_with_their_labels() {
+        let m = Metrics::new();
+        m.message(Direction::ToClient, 10);
+        m.message(Direction::ToClient, 5);
+        m.close_sent(Direction::ToClient, Some(1011), Original::Received(1006));
+        m.close_sent(Direction::ToClient, None, Original::Received(1005));
+        m.hold_ended(HoldOutcome::Resumed, Duration::from_millis(1500));
+        m.run_upkeep();
+        let text = m.render();
+        for line in [
+            "holdfast_messages_total{direction=\"to_client\"} 2",
+            "holdfast_bytes_total{direction=\"to_client\"} 15",
+            "holdfast_close_codes_total{direction=\"to_client\",code=\"1011\",original=\"1006\"} 1",
+            "holdfast_close_codes_total{direction=\"to_client\",code=\"1005\",original=\"1005\"} 1",
+            "holdfast_holds_total{outcome=\"resumed\"} 1",
+            "holdfast_hold_duration_seconds_bucket{le=\"2\"} 1",
+            "holdfast_sessions_total{outcome=\"rejected\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
