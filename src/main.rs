@@ -107,7 +107,7 @@ fn run(config: config::Config, path: PathBuf) -> ExitCode {
         };
         tracing::info!(
             address = %app.proxy_addr(),
-            admin = ?app.admin_addr(),
+            admin = %app.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             config = %path.display(),
             "holdfast listening"
         );

@@ -117,11 +117,25 @@ impl Metrics {
             handle,
         };
         // Series every dashboard expects to exist from the start, at zero.
-        for outcome in ["closed", "rejected", "error"] {
-            metrics
-                .counter(SESSIONS_TOTAL, vec![("outcome", outcome.into())])
-                .increment(0);
-        }
+        let zero = |name: &'static str, label: &'static str, values: &[&'static str]| {
+            for value in values {
+                metrics
+                    .counter(name, vec![(label, (*value).into())])
+                    .increment(0);
+            }
+        };
+        zero(SESSIONS_TOTAL, "outcome", &["closed", "rejected", "error"]);
+        zero(
+            HOLDS_TOTAL,
+            "outcome",
+            &["resumed", "timeout", "overflow", "client_closed", "refused"],
+        );
+        zero(
+            UPSTREAM_CONNECTS_TOTAL,
+            "result",
+            &["ok", "refused", "timeout", "error"],
+        );
+        zero(CONFIG_RELOADS_TOTAL, "result", &["ok", "error"]);
         metrics
     }
 

@@ -28,6 +28,7 @@ use super::close::{
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use crate::app::Shared;
+use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::upstream::{Member, UpstreamIo};
@@ -159,8 +160,9 @@ pub struct Session<C> {
     pub(super) last_client_rx: Instant,
     last_upstream_rx: Instant,
     last_data: Instant,
-    /// `policy.rate_limit` over client data messages.
+    /// `policy.rate_limit` over client data messages, and the limit it was built for.
     bucket: Option<TokenBucket>,
+    bucket_limit: RateLimit,
     /// When the handshake's token expires.
     pub(super) expires_at: Option<Instant>,
 }
@@ -214,6 +216,7 @@ where
             last_upstream_rx: now,
             last_data: now,
             bucket: TokenBucket::new(rate_limit, now),
+            bucket_limit: rate_limit,
             expires_at: opened.expires_in.map(|d| now + d),
         }
     }
@@ -278,6 +281,12 @@ where
 
     /// `policy.rate_limit`: may the client send a data message now?
     pub(super) fn admit(&mut self) -> Result<(), ProxyPolicy> {
+        let limit = self.shared.config.load().policy.rate_limit;
+        if limit != self.bucket_limit {
+            // A reload changed the limit: this session follows it from now on.
+            self.bucket = TokenBucket::new(limit, Instant::now());
+            self.bucket_limit = limit;
+        }
         match &mut self.bucket {
             Some(bucket) => bucket
                 .take(Instant::now())

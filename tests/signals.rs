@@ -1,0 +1,142 @@
+//! The binary under signals: SIGTERM drains (clients get 1012, exit 0), SIGHUP reloads the
+//! file into live sessions. The proxy binds 127.0.0.1:0 and logs its addresses as JSON.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+struct Running {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts the binary on `config` and reads its addresses from the `holdfast listening` line.
+async fn start(config: &std::path::Path) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    cmd.args(["--config", config.to_str().unwrap(), "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOLDFAST_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = within("the listening log line", async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("holdfast exited early");
+            if line.contains("holdfast listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let addr = |k: &str| v[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                return (addr("address"), addr("admin"));
+            }
+        }
+    })
+    .await;
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running {
+        child,
+        proxy,
+        admin,
+    }
+}
+
+fn write_config(path: &std::path::Path, upstream: &TestUpstream, extra: &str) {
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{}\"]\n{extra}",
+        upstream.url()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+async fn client(addr: SocketAddr) -> Client {
+    let request = format!("ws://{addr}/").into_client_request().unwrap();
+    connect_request(addr, request).await.unwrap().0
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_1012_and_exits_0() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    write_config(&path, &upstream, "");
+    let mut running = start(&path).await;
+    let mut ws = client(running.proxy).await;
+    send_text(&mut ws, "hi").await;
+    assert_eq!(next_message(&mut ws).await.to_text().unwrap(), "hi");
+
+    signal(&running.child, "TERM");
+    assert_eq!(
+        expect_close(&mut ws).await,
+        (Some(1012), "proxy restarting; reconnect in 1-5s".into())
+    );
+    drop(ws); // gone without answering: the drain does not wait on it
+    let status = within("exit", running.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_into_live_sessions() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    write_config(&path, &upstream, "");
+    let running = start(&path).await;
+    let mut ws = client(running.proxy).await;
+
+    // An invalid file first: counted, and the proxy keeps serving.
+    std::fs::write(&path, "[listen]\naddress = 42\n").unwrap();
+    signal(&running.child, "HUP");
+    let metric = |result: &'static str| {
+        let admin = running.admin;
+        async move {
+            let (_, body) = http_get(admin, "/metrics").await;
+            let series = format!("holdfast_config_reloads_total{{result=\"{result}\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.trim().to_owned())
+        }
+    };
+    within("the failed reload to be counted", async {
+        while metric("error").await.as_deref() != Some("1") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    write_config(
+        &path,
+        &upstream,
+        "[[rewrite]]\ndirection = \"to_client\"\nfrom = 4000\nto = 4100\n",
+    );
+    signal(&running.child, "HUP");
+    within("the reload to be counted", async {
+        while metric("ok").await.as_deref() != Some("1") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    send_text(&mut ws, "close 4000 bye").await;
+    assert_eq!(expect_close(&mut ws).await, (Some(4100), "bye".into()));
+}
