@@ -152,11 +152,11 @@ impl App {
         );
         let left = match tokio::time::timeout(drain, shared.tracker.wait()).await {
             Ok(()) => 0,
-            Err(_) => shared.tracker.len(),
+            Err(_) => shared.sessions.load(Ordering::Relaxed),
         };
         if left > 0 {
             tracing::warn!(
-                tasks_left = left,
+                sessions_left = left,
                 "drain_timeout passed with sessions still open"
             );
         } else {
