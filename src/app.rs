@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
-use crate::upstream::Pool;
+use crate::upstream::{Pool, Resolver};
 
 /// State shared by every connection and session.
 pub struct Shared {
@@ -67,6 +67,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
 
 impl App {
     pub async fn build(config: Config) -> Result<App, BuildError> {
+        Self::build_with_resolver(config, Resolver::System).await
+    }
+
+    /// Like `build`, with host names resolved by `resolver`.
+    pub async fn build_with_resolver(
+        config: Config,
+        resolver: Resolver,
+    ) -> Result<App, BuildError> {
         let listener = bind(config.listen.address).await?;
         let admin = match config.admin.address {
             Some(addr) => Some(bind(addr).await?),
@@ -76,7 +84,7 @@ impl App {
             connections: Arc::new(Semaphore::new(config.listen.max_connections)),
             tls: ArcSwapOption::from(config.listen.tls.as_ref().map(|t| t.config.clone())),
             config: ArcSwap::from_pointee(config),
-            pool: Pool::default(),
+            pool: Pool::new(resolver),
             metrics: Metrics::new(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 
 use crate::app::Shared;
 use crate::http::{Body, ConnInfo, full};
-use crate::upstream;
 use crate::ws::handshake::{add_forwarded, copy_end_to_end};
 
 fn bad_gateway(why: impl std::fmt::Display) -> Response<Body> {
@@ -38,10 +37,13 @@ pub async fn forward(
 
 async fn pass(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Response<Body> {
     let config = shared.config.load_full();
-    let endpoint = shared.pool.pick(&config.upstream.endpoints).clone();
-    let io = match upstream::dial(&endpoint, &config.upstream).await {
-        Ok(io) => io,
-        Err(e) => {
+    let (endpoint, io) = match shared
+        .pool
+        .dial_next(&config.upstream.endpoints, &config.upstream)
+        .await
+    {
+        Ok(pair) => pair,
+        Err((endpoint, e)) => {
             tracing::warn!(upstream = %endpoint, error = %e, "HTTP passthrough: upstream unreachable");
             return bad_gateway(e);
         }

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -79,14 +79,73 @@ pub fn try_order(n: usize, cursor: usize, recently_failed: impl Fn(usize) -> boo
     healthy.into_iter().chain(failed).collect()
 }
 
+/// How endpoint host names become addresses. `System` asks the system resolver at every
+/// connect; `Static` answers from a fixed table (tests, and embedding holdfast where names
+/// come from elsewhere) and falls back to the system resolver for other names.
+#[derive(Debug, Clone, Default)]
+pub enum Resolver {
+    #[default]
+    System,
+    Static(Arc<HashMap<String, Vec<IpAddr>>>),
+}
+
+impl Resolver {
+    /// Every address `endpoint` resolves to now.
+    pub async fn resolve(&self, endpoint: &Endpoint) -> Result<Vec<SocketAddr>, DialError> {
+        if let Resolver::Static(table) = self
+            && let Some(ips) = table.get(&endpoint.host)
+        {
+            return Ok(ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, endpoint.port))
+                .collect());
+        }
+        resolve(endpoint).await
+    }
+}
+
 /// Round robin over the pool's members, remembering which addresses just failed.
 #[derive(Debug, Default)]
 pub struct Pool {
     next: AtomicUsize,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
+    resolver: Resolver,
 }
 
 impl Pool {
+    pub fn new(resolver: Resolver) -> Self {
+        Self {
+            resolver,
+            ..Self::default()
+        }
+    }
+
+    /// Connects to the next endpoint (plain HTTP passthrough): resolved now, its addresses
+    /// tried in order.
+    pub async fn dial_next(
+        &self,
+        endpoints: &[Endpoint],
+        config: &Upstream,
+    ) -> Result<(Endpoint, UpstreamIo), (Endpoint, DialError)> {
+        let endpoint = self.pick(endpoints);
+        let mut last = None;
+        for addr in self
+            .resolver
+            .resolve(endpoint)
+            .await
+            .map_err(|e| (endpoint.clone(), e))?
+        {
+            match dial_addr(endpoint, addr, config).await {
+                Ok(io) => return Ok((endpoint.clone(), io)),
+                Err(e) => last = Some(e),
+            }
+        }
+        let error = last.unwrap_or(DialError::NoAddress {
+            host: endpoint.host.clone(),
+        });
+        Err((endpoint.clone(), error))
+    }
+
     /// The endpoint to try next (no resolution): plain HTTP passthrough uses this.
     pub fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> &'a Endpoint {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +158,7 @@ impl Pool {
     pub async fn members(&self, endpoints: &[Endpoint], window: Duration) -> Vec<Member> {
         let mut members = Vec::new();
         for endpoint in endpoints {
-            match resolve(endpoint).await {
+            match self.resolver.resolve(endpoint).await {
                 Ok(addrs) => members.extend(addrs.into_iter().map(|addr| Member {
                     endpoint: endpoint.clone(),
                     addr,
@@ -147,8 +206,9 @@ impl Pool {
     }
 }
 
-/// Resolves `endpoint` now (a name may map to a different set of addresses at every connect).
-pub async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, DialError> {
+/// Resolves `endpoint` with the system resolver (a name may map to a different set of
+/// addresses at every connect).
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, DialError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|source| DialError::Resolve {
@@ -198,20 +258,6 @@ pub async fn dial_addr(
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or(Err(DialError::Timeout(timeout)))
-}
-
-/// Resolves `endpoint` and tries its addresses in order until one connects.
-pub async fn dial(endpoint: &Endpoint, config: &Upstream) -> Result<UpstreamIo, DialError> {
-    let mut last = None;
-    for addr in resolve(endpoint).await? {
-        match dial_addr(endpoint, addr, config).await {
-            Ok(io) => return Ok(io),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(DialError::NoAddress {
-        host: endpoint.host.clone(),
-    }))
 }
 
 #[cfg(test)]

@@ -139,6 +139,8 @@ impl TestUpstream {
 #[derive(Default, Clone)]
 pub struct UpstreamBuilder {
     name: String,
+    /// Where to listen; default 127.0.0.1:0.
+    bind: Option<SocketAddr>,
     /// Subprotocol to choose (must be among those offered).
     protocol: Option<String>,
     refuse: Option<(u16, String)>,
@@ -148,6 +150,10 @@ pub struct UpstreamBuilder {
 impl UpstreamBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = Some(addr);
+        self
     }
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.into();
@@ -167,7 +173,8 @@ impl UpstreamBuilder {
     }
 
     pub async fn start(self) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = self.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(UpstreamLog::default()));
         let changed = Arc::new(Notify::new());
@@ -340,12 +347,23 @@ pub struct Proxy {
 impl Proxy {
     /// Starts holdfast on 127.0.0.1:0 in front of `endpoints`, with `extra` TOML layered on top.
     pub async fn start(endpoints: &[String], extra: &str) -> Proxy {
+        Self::start_with_resolver(endpoints, extra, holdfast::upstream::Resolver::System).await
+    }
+
+    /// Like `start`, with host names resolved by `resolver`.
+    pub async fn start_with_resolver(
+        endpoints: &[String],
+        extra: &str,
+        resolver: holdfast::upstream::Resolver,
+    ) -> Proxy {
         let base = format!(
             "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream]\nendpoints = {endpoints:?}\n"
         );
         let config =
             holdfast::config::from_toml_layers(&[&base, extra]).expect("test config is valid");
-        let app = App::build(config).await.expect("proxy binds");
+        let app = App::build_with_resolver(config, resolver)
+            .await
+            .expect("proxy binds");
         let addr = app.proxy_addr();
         let admin = app.admin_addr().expect("tests run the admin listener");
         let handle = app.handle();
