@@ -229,6 +229,11 @@ impl AppHandle {
         }
     }
 
+    /// The Prometheus text of this app's metrics (what `/metrics` serves).
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.render()
+    }
+
     /// Whether the proxy reports ready (listening and not draining).
     pub fn is_ready(&self) -> bool {
         !self.shared.shutdown.is_cancelled()

@@ -21,9 +21,10 @@ struct Cli {
         default_value = "proxy.toml"
     )]
     config: PathBuf,
-    /// Log level (overridden by HOLDFAST_LOG, which takes tracing filter directives).
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log level [default: info; warn for `demo`] (HOLDFAST_LOG, tracing filter directives,
+    /// overrides it).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -40,6 +41,16 @@ enum LogFormat {
 enum Command {
     /// Validate the configuration and print every effective key with its origin.
     Check,
+    /// Self-contained demo: an echo upstream that restarts itself, holdfast in front of it,
+    /// and a scripted client. Needs nothing else.
+    Demo {
+        /// Keep the demo upstream and proxy running for you to try with any WebSocket client.
+        #[arg(long)]
+        serve: bool,
+        /// Where the proxy listens with --serve.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -57,7 +68,11 @@ fn init_logging(level: &str, format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    if let Some(Command::Demo { serve, listen }) = cli.command {
+        init_logging(cli.log_level.as_deref().unwrap_or("warn"), cli.log_format);
+        return demo(serve, listen);
+    }
+    init_logging(cli.log_level.as_deref().unwrap_or("info"), cli.log_format);
     let loaded = match config::load_file(&cli.config) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -80,7 +95,25 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some(Command::Demo { .. }) => unreachable!("handled above"),
         None => run(loaded.config, cli.config),
+    }
+}
+
+fn demo(serve: bool, listen: std::net::SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("holdfast: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(holdfast::demo::run(serve, listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast demo: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
