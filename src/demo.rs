@@ -140,6 +140,8 @@ impl DemoUpstream {
     }
 }
 
+// tungstenite's server callback fixes the error type to a whole `Response`.
+#[allow(clippy::result_large_err)]
 async fn serve(
     tcp: TcpStream,
     instance: usize,
@@ -354,10 +356,10 @@ async fn script(
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     answered += 1;
-                    if let Some((instance, _)) = text.split_once(':') {
-                        if instances.last().map(String::as_str) != Some(instance) {
-                            instances.push(instance.to_owned());
-                        }
+                    if let Some((instance, _)) = text.split_once(':')
+                        && instances.last().map(String::as_str) != Some(instance)
+                    {
+                        instances.push(instance.to_owned());
                     }
                     clock.say("client", format!("← {text}"));
                 }
