@@ -1,0 +1,377 @@
+//! holdfast-bench: direct vs nginx vs holdfast, measured side by side in one run, loopback
+//! only. `bench/run.sh` builds the release binaries and runs this; see README "Performance".
+//!
+//! Measures, alternating targets round by round: closed-loop echo throughput and latency
+//! (64 B and 64 KiB), proxy CPU per 1,000 echoes, RSS per idle proxied session, RSS after
+//! every session relayed one 256 KiB message, and the resume of held sessions across an
+//! upstream restart (holdfast) — or what a byte relay does then (nginx).
+
+mod echo;
+mod load;
+mod procs;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use procs::Proc;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks holdfast against a direct connection and nginx on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Alternating rounds per throughput measurement.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Closed-loop connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Idle sessions for the memory and resume measurements.
+    #[arg(long, default_value_t = 9000)]
+    sessions: usize,
+    /// Leave nginx out even if it is installed.
+    #[arg(long)]
+    no_nginx: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// (internal) the echo upstream.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Default)]
+struct Throughput {
+    echoes: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    latencies: Vec<u32>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Cmd::Echo { listen }) = cli.command {
+        echo::run(listen);
+        return;
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
+    let dir = tempfile_dir();
+    let with_nginx = !cli.no_nginx && procs::nginx_available();
+    let echo_addr: SocketAddr = format!("127.0.0.1:{}", procs::free_port()).parse().unwrap();
+    let (echo, _) = procs::start_echo(echo_addr);
+    println!(
+        "holdfast-bench: {} cores, loopback, one run; nginx {}",
+        cores(),
+        if with_nginx {
+            "included"
+        } else {
+            "not installed (skipped)"
+        }
+    );
+
+    // Throughput and latency, alternating targets each round.
+    let mut results: BTreeMap<(usize, String), Throughput> = BTreeMap::new();
+    {
+        let holdfast = procs::start_holdfast(&dir, echo_addr);
+        let nginx = with_nginx.then(|| procs::start_nginx(&dir, echo_addr));
+        let mut targets: Vec<(&str, SocketAddr, Option<&Proc>)> = vec![("direct", echo_addr, None)];
+        if let Some(n) = &nginx {
+            targets.push(("nginx", n.addr, Some(n)));
+        }
+        targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
+        for size in [64usize, 64 * 1024] {
+            for round in 0..cli.rounds {
+                for (name, addr, proc_) in &targets {
+                    let cpu_before = proc_.map(|p| procs::cpu_seconds(p.pid())).unwrap_or(0.0);
+                    let r = load::closed_loop(
+                        *addr,
+                        cli.connections,
+                        size,
+                        Duration::from_secs_f64(cli.seconds),
+                    )
+                    .await;
+                    let cpu = proc_
+                        .map(|p| procs::cpu_seconds(p.pid()) - cpu_before)
+                        .unwrap_or(0.0);
+                    eprintln!(
+                        "  {size:>6} B round {} {name:<8} {:>8.0} echoes/s",
+                        round + 1,
+                        r.echoes as f64 / r.elapsed.as_secs_f64()
+                    );
+                    let t = results.entry((size, name.to_string())).or_default();
+                    t.echoes += r.echoes;
+                    t.seconds += r.elapsed.as_secs_f64();
+                    t.cpu_seconds += cpu;
+                    t.latencies.extend(r.latencies_us);
+                }
+            }
+        }
+    }
+
+    // Memory per idle session, then after one 256 KiB message each; fresh processes.
+    let mut memory: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut proxies: Vec<&str> = Vec::new();
+    if with_nginx {
+        proxies.push("nginx");
+    }
+    proxies.push("holdfast");
+    for name in &proxies {
+        let proxy = start(name, &dir, echo_addr);
+        memory.insert(name, measure_memory(&proxy, cli.sessions).await);
+        drop(proxy);
+    }
+
+    // Resume across an upstream restart.
+    let mut resume: BTreeMap<&str, String> = BTreeMap::new();
+    let mut echo = echo;
+    for name in &proxies {
+        let proxy = start(name, &dir, echo_addr);
+        let (line, next_echo) = measure_resume(&proxy, echo, echo_addr, cli.sessions).await;
+        echo = next_echo;
+        resume.insert(name, line);
+        drop(proxy);
+    }
+    drop(echo);
+
+    print_table(&cli, &results, &memory, &resume, with_nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn start(name: &str, dir: &std::path::Path, upstream: SocketAddr) -> Proc {
+    match name {
+        "nginx" => procs::start_nginx(dir, upstream),
+        _ => procs::start_holdfast(dir, upstream),
+    }
+}
+
+/// (idle bytes per session, bytes per session after a 256 KiB message each)
+async fn measure_memory(proxy: &Proc, sessions: usize) -> (f64, f64) {
+    // One session first so one-time allocations are in the baseline.
+    let warm = load::open_sessions(proxy.addr, 1, 1).await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = procs::rss_kib(proxy.pid());
+    let mut clients = load::open_sessions(proxy.addr, sessions, 64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = procs::rss_kib(proxy.pid());
+    let ok = load::echo_each(&mut clients, 256 * 1024, 64).await;
+    assert_eq!(ok, sessions, "every 256 KiB echo came back");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procs::rss_kib(proxy.pid());
+    let per = |kib: u64| kib.saturating_sub(base) as f64 * 1024.0 / sessions as f64;
+    eprintln!(
+        "  memory: base {base} KiB, {sessions} idle {idle} KiB, after 256 KiB each {after} KiB"
+    );
+    (per(idle), per(after))
+}
+
+/// Holds `sessions` across a restart of the echo upstream: time from the upstream being
+/// back to every session relaying again, and messages lost. Returns the restarted echo.
+async fn measure_resume(
+    proxy: &Proc,
+    echo: Proc,
+    echo_addr: SocketAddr,
+    sessions: usize,
+) -> (String, Proc) {
+    let mut clients = load::open_sessions(proxy.addr, sessions, 64).await;
+    // The upstream restarts: 1012 to every connection, close handshakes, exit.
+    echo.terminate();
+    // Every session sends one numbered message while the upstream is down.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let _ = futures_util::SinkExt::send(client, Message::text(format!("held {i}"))).await;
+    }
+    let (echo, back) = procs::start_echo(echo_addr);
+    let waits = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| async move {
+            let want = format!("held {i}");
+            let answer = tokio::time::timeout(Duration::from_secs(40), async {
+                loop {
+                    match client.next().await {
+                        Some(Ok(Message::Text(t))) => return t.as_str() == want,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        _ => return false,
+                    }
+                }
+            })
+            .await;
+            (matches!(answer, Ok(true)), Instant::now())
+        });
+    let outcomes = futures_util::future::join_all(waits).await;
+    let resumed = outcomes.iter().filter(|(ok, _)| *ok).count();
+    let last = outcomes.iter().filter(|(ok, _)| *ok).map(|(_, t)| *t).max();
+    let line = match last {
+        Some(t) if resumed == sessions => format!(
+            "all {sessions} resumed {:.2} s after the upstream was back, 0 lost",
+            t.duration_since(back).as_secs_f64()
+        ),
+        _ => format!(
+            "{} of {sessions} sessions lost (closed or no answer)",
+            sessions - resumed
+        ),
+    };
+    eprintln!("  resume: {line}");
+    (line, echo)
+}
+
+fn print_table(
+    cli: &Cli,
+    results: &BTreeMap<(usize, String), Throughput>,
+    memory: &BTreeMap<&str, (f64, f64)>,
+    resume: &BTreeMap<&str, String>,
+    with_nginx: bool,
+) {
+    let names: Vec<&str> = if with_nginx {
+        vec!["direct", "nginx", "holdfast"]
+    } else {
+        vec!["direct", "holdfast"]
+    };
+    println!();
+    println!(
+        "| {} conns closed loop, {} × {:.0} s alternating | {} | holdfast/nginx | holdfast/direct |",
+        cli.connections,
+        cli.rounds,
+        cli.seconds,
+        names.join(" | ")
+    );
+    println!("|---|{}---|---|", "---|".repeat(names.len()));
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "—".into()
+        }
+    };
+    for size in [64usize, 64 * 1024] {
+        let label = if size == 64 { "64 B" } else { "64 KiB" };
+        let get = |n: &str| results.get(&(size, n.to_owned()));
+        let rate = |n: &str| get(n).map_or(0.0, |t| t.echoes as f64 / t.seconds);
+        let pct = |n: &str, p: f64| {
+            get(n).map_or(0, |t| {
+                let mut l = t.latencies.clone();
+                l.sort_unstable();
+                load::percentile(&l, p)
+            })
+        };
+        let cpu = |n: &str| {
+            get(n).map_or(0.0, |t| {
+                if t.echoes > 0 {
+                    t.cpu_seconds * 1e6 / t.echoes as f64
+                } else {
+                    0.0
+                }
+            })
+        };
+        let nginx_or = |f: &dyn Fn(&str) -> f64| if with_nginx { f("nginx") } else { 0.0 };
+        let row = |what: &str, cells: Vec<String>, vs_nginx: String, vs_direct: String| {
+            println!(
+                "| {label} {what} | {} | {vs_nginx} | {vs_direct} |",
+                cells.join(" | ")
+            );
+        };
+        row(
+            "echoes/s",
+            names.iter().map(|n| format!("{:.0}", rate(n))).collect(),
+            ratio(rate("holdfast"), nginx_or(&rate)),
+            ratio(rate("holdfast"), rate("direct")),
+        );
+        let p50 = |n: &str| pct(n, 50.0) as f64;
+        let p99 = |n: &str| pct(n, 99.0) as f64;
+        row(
+            "p50 µs",
+            names.iter().map(|n| format!("{:.0}", p50(n))).collect(),
+            ratio(p50("holdfast"), nginx_or(&p50)),
+            ratio(p50("holdfast"), p50("direct")),
+        );
+        row(
+            "p99 µs",
+            names.iter().map(|n| format!("{:.0}", p99(n))).collect(),
+            ratio(p99("holdfast"), nginx_or(&p99)),
+            ratio(p99("holdfast"), p99("direct")),
+        );
+        row(
+            "proxy CPU ms / 1,000 echoes",
+            names
+                .iter()
+                .map(|n| {
+                    if *n == "direct" {
+                        "—".into()
+                    } else {
+                        format!("{:.1}", cpu(n))
+                    }
+                })
+                .collect(),
+            ratio(cpu("holdfast"), nginx_or(&cpu)),
+            "—".into(),
+        );
+    }
+    let mem = |n: &str, i: usize| {
+        memory
+            .get(n)
+            .map_or(0.0, |m| if i == 0 { m.0 } else { m.1 })
+    };
+    for (i, what) in [
+        (0, "RSS / idle session"),
+        (1, "RSS / session after a 256 KiB echo"),
+    ] {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if *n == "direct" {
+                    "—".into()
+                } else {
+                    format!("{:.1} KiB", mem(n, i) / 1024.0)
+                }
+            })
+            .collect();
+        let vs = if with_nginx {
+            ratio(mem("holdfast", i), mem("nginx", i))
+        } else {
+            "—".into()
+        };
+        println!(
+            "| {what} ({} sessions) | {} | {vs} | — |",
+            cli.sessions,
+            cells.join(" | ")
+        );
+    }
+    let cells: Vec<String> = names
+        .iter()
+        .map(|n| resume.get(n).cloned().unwrap_or_else(|| "—".into()))
+        .collect();
+    println!(
+        "| upstream restart under {} sessions | {} | | |",
+        cli.sessions,
+        cells.join(" | ")
+    );
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("holdfast-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,223 @@
+//! The processes a benchmark run starts (echo upstream, holdfast, nginx) and what it reads
+//! of them from /proc: CPU time and resident memory, children (nginx workers) included.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second for /proc/<pid>/stat (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The process and its direct children (nginx's workers).
+fn family(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                // Field 4 of stat (index 1 after the command) is the parent pid.
+                if stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid) {
+                    pids.push(child);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its children.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    family(pid)
+        .into_iter()
+        .filter_map(stat_fields)
+        .map(|f| {
+            // utime and stime are fields 14 and 15 (indexes 11 and 12 after the command).
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND
+        })
+        .sum()
+}
+
+/// Resident memory in KiB of `pid` and its children.
+pub fn rss_kib(pid: u32) -> u64 {
+    family(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for the exit (what `Drop` does, by name).
+    pub fn terminate(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Proc {
+    /// SIGTERM first (nginx's master then stops its workers; SIGKILL would orphan them),
+    /// SIGKILL if it is still running after a few seconds.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo upstream (this binary's `echo` subcommand) on `addr`; returns once it listens.
+pub fn start_echo(addr: SocketAddr) -> (Proc, Instant) {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["echo", "--listen", &addr.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the echo upstream");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("echo output");
+    let listening = Instant::now();
+    assert!(line.starts_with("listening"), "echo upstream said {line:?}");
+    (Proc { child, addr }, listening)
+}
+
+pub fn holdfast_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent().expect("target dir").join("holdfast")
+}
+
+/// holdfast (the release binary next to this one) in front of `upstream`, shipped defaults
+/// otherwise.
+pub fn start_holdfast(dir: &Path, upstream: SocketAddr) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let config = dir.join("holdfast.toml");
+    let text = format!(
+        "[listen]\naddress = \"{addr}\"\nmax_connections = 20000\n[admin]\naddress = \"\"\n[upstream]\nendpoints = [\"ws://{upstream}\"]\n"
+    );
+    std::fs::write(&config, text).expect("write holdfast config");
+    let child = Command::new(holdfast_binary())
+        .args([
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start holdfast (run `cargo build --release` first)");
+    wait_listening(addr, "holdfast");
+    Proc { child, addr }
+}
+
+pub fn nginx_available() -> bool {
+    Command::new("nginx")
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// nginx as a WebSocket reverse proxy in front of `upstream`, as its docs configure it.
+pub fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes auto;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen {addr};
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }}
+  }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let child = Command::new("nginx")
+        .args([
+            "-c",
+            path.to_str().expect("utf-8 path"),
+            "-p",
+            &d.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    wait_listening(addr, "nginx");
+    Proc { child, addr }
+}
