@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use tokio_tungstenite::WebSocketStream;
+
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::UpstreamWs;
 use crate::config::Endpoint;
 use crate::http::{Body, full, is_hop_by_hop};
 use crate::upstream::{DialError, UpstreamIo};
@@ -291,7 +292,7 @@ impl UpstreamTemplate {
 
 /// The upstream's side of a completed handshake.
 pub struct UpstreamSocket {
-    pub socket: WebSocketStream<UpstreamIo>,
+    pub socket: UpstreamWs,
     pub response: Response<Option<Vec<u8>>>,
 }
 
@@ -308,7 +309,8 @@ pub async fn upstream_handshake(
     config: WebSocketConfig,
 ) -> Result<UpstreamSocket, HandshakeError> {
     use tokio_tungstenite::tungstenite::Error;
-    match tokio_tungstenite::client_async_with_config(request, io, Some(config)).await {
+    let gated = super::gate::FrameGate::http_then_frames(io);
+    match tokio_tungstenite::client_async_with_config(request, gated, Some(config)).await {
         Ok((socket, response)) => Ok(UpstreamSocket { socket, response }),
         Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),
         Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),

@@ -10,16 +10,17 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
+
 use tokio_tungstenite::tungstenite::Message;
 
+use super::UpstreamWs;
 use super::close::{ClientEnd, Direction};
 use super::handshake::{self, HandshakeError, UpstreamTemplate};
 use super::session::{Session, client_end, close_of, fault};
 use crate::app::Shared;
 use crate::config::Config;
 use crate::policy::ProxyPolicy;
-use crate::upstream::{self, Member, UpstreamIo};
+use crate::upstream::{self, Member};
 
 /// Reconnect delay before try `attempt` (0-based): uniform in
 /// `[initial, min(max, initial · 2^(attempt+1))]` — full jitter over a doubling ceiling, so a
@@ -123,7 +124,7 @@ impl HoldBuffer {
 /// The result of one reconnect try.
 enum Try {
     Connected {
-        socket: Box<WebSocketStream<UpstreamIo>>,
+        socket: Box<UpstreamWs>,
         member: Member,
     },
     /// This try failed; back off and try the next member.
@@ -223,7 +224,7 @@ pub fn connect_result(error: &HandshakeError) -> &'static str {
 
 /// How the `Holding` state ended.
 pub enum HoldEnd {
-    Resumed(Box<WebSocketStream<UpstreamIo>>),
+    Resumed(Box<UpstreamWs>),
     GaveUp(HoldOutcome),
     Client(ClientEnd),
     Shutdown,
@@ -380,7 +381,7 @@ where
     /// that fails midway leaves the rest for the next try.
     async fn deliver(
         &mut self,
-        socket: &mut WebSocketStream<UpstreamIo>,
+        socket: &mut UpstreamWs,
         buffer: &mut HoldBuffer,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         for message in &self.replay {

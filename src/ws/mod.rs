@@ -3,6 +3,7 @@
 //! restarts), `close` (the close-code pipeline, pure).
 
 pub mod close;
+pub mod gate;
 pub mod handshake;
 pub mod hold;
 pub mod session;
@@ -22,6 +23,9 @@ use crate::http::{Body, ConnInfo};
 use crate::policy::token;
 use crate::upstream;
 use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
+
+/// An upstream WebSocket: tungstenite over a `FrameGate` over TCP or TLS.
+pub type UpstreamWs = WebSocketStream<gate::FrameGate<upstream::UpstreamIo>>;
 
 /// tungstenite buffers sized for many mostly idle sessions: a 4 KiB read buffer (grown only
 /// while a larger frame is being read) and no write buffer (each frame is written straight
@@ -172,7 +176,8 @@ pub async fn accept(
                 return;
             }
         };
-        let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let gated = gate::FrameGate::frames(TokioIo::new(upgraded));
+        let client = WebSocketStream::from_raw_socket(gated, Role::Server, Some(ws_config)).await;
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         session::Session::new(client, opened, conn.peer, shared_for_session, shutdown)
             .run(upstream)

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::UpstreamWs;
 use super::close::{
     self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
     UpstreamDecision, UpstreamEnd, WireClose,
@@ -31,7 +32,7 @@ use crate::app::Shared;
 use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
-use crate::upstream::{Member, UpstreamIo};
+use crate::upstream::Member;
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -223,7 +224,7 @@ where
 
     /// Runs the session to its end: relaying, holding across upstream restarts, closing.
     /// Never panics on peer input.
-    pub async fn run(mut self, mut upstream: WebSocketStream<UpstreamIo>) -> Report {
+    pub async fn run(mut self, mut upstream: UpstreamWs) -> Report {
         let started = Instant::now();
         let _active = ActiveSession::new(self.shared.clone());
         let report = loop {
@@ -306,7 +307,7 @@ where
     }
 
     /// The `Relaying` state: one select over both sockets, keepalive, idle and shutdown.
-    async fn relay(&mut self, upstream: &mut WebSocketStream<UpstreamIo>) -> Ending {
+    async fn relay(&mut self, upstream: &mut UpstreamWs) -> Ending {
         let (ping_every, idle_after) = {
             let config = self.shared.config.load();
             (
@@ -404,11 +405,7 @@ where
     /// The `Closing` state: send each side what the decision says and let both close
     /// handshakes complete, each bounded by `CLOSE_TIMEOUT`. `upstream` is `None` when the
     /// session ends from `Holding`.
-    async fn finish(
-        &mut self,
-        ending: Ending,
-        upstream: Option<WebSocketStream<UpstreamIo>>,
-    ) -> Report {
+    async fn finish(&mut self, ending: Ending, upstream: Option<UpstreamWs>) -> Report {
         let config = self.shared.config.load_full();
         let mut report = Report {
             stats: self.stats.clone(),
