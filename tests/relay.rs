@@ -198,3 +198,72 @@ async fn a_client_close_is_carried_to_the_upstream_and_both_handshakes_complete(
         (4001, "bye")
     );
 }
+
+/// A masked client frame (zero mask) with the given first byte.
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn buffers_are_rebuilt_after_large_messages_without_losing_a_byte() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let mut client = connect(&proxy).await;
+    let big = vec![9u8; 200 * 1024];
+    client.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        next_message(&mut client).await,
+        Message::binary(big.clone())
+    );
+
+    // Quiet: both sockets are rebuilt (COMPACT_DELAY after the last large message).
+    within("both sockets compacted", async {
+        while proxy.metric("holdfast_socket_compactions_total").await < 2.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for i in 0..20 {
+        send_text(&mut client, &format!("after {i}")).await;
+    }
+    for i in 0..20 {
+        assert_eq!(
+            next_message(&mut client).await,
+            Message::text(format!("after {i}"))
+        );
+    }
+    client
+        .send(Message::Ping(b"p".to_vec().into()))
+        .await
+        .unwrap();
+
+    // Another large message, then a fragmented one left half-sent while the proxy wants to
+    // compact: the client socket is mid-message, so it is left alone until later.
+    client.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_message(&mut client).await, Message::binary(big));
+    client
+        .get_mut()
+        .write_all(&raw_frame(0x01, b"frag"))
+        .await
+        .unwrap(); // FIN clear
+    let before = proxy.metric("holdfast_socket_compactions_total").await;
+    within("the upstream socket compacted", async {
+        while proxy.metric("holdfast_socket_compactions_total").await < before + 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    client
+        .get_mut()
+        .write_all(&raw_frame(0x80, b"mented"))
+        .await
+        .unwrap(); // final continuation
+    assert_eq!(next_message(&mut client).await, Message::text("fragmented"));
+    send_text(&mut client, "still in step").await;
+    assert_eq!(
+        next_message(&mut client).await,
+        Message::text("still in step")
+    );
+}

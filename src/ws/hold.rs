@@ -284,7 +284,7 @@ where
                 _ = tokio::time::sleep_until(expires_at), if self.expires_at.is_some() => {
                     break HoldEnd::Policy(ProxyPolicy::TokenExpired);
                 }
-                incoming = self.client.next() => {
+                incoming = self.client().next() => {
                     self.last_client_rx = Instant::now();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => break HoldEnd::Client(ClientEnd::Closed(close_of(frame))),
@@ -332,7 +332,7 @@ where
                     if self.last_client_rx.elapsed() > ping_every.unwrap_or_default() * 2 {
                         break HoldEnd::Client(ClientEnd::Vanished);
                     }
-                    if let Err(e) = self.client.send(Message::Ping(Default::default())).await {
+                    if let Err(e) = self.client().send(Message::Ping(Default::default())).await {
                         break HoldEnd::Client(client_end(fault(&e)));
                     }
                 }

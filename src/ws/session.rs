@@ -26,6 +26,7 @@ use super::close::{
     self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
     UpstreamDecision, UpstreamEnd, WireClose,
 };
+use super::gate::FrameGate;
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use crate::app::Shared;
@@ -33,9 +34,17 @@ use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::upstream::Member;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Messages at least this large grow tungstenite's buffers enough to be worth giving back.
+pub const COMPACT_AFTER: usize = 16 * 1024;
+
+/// How long after the last large message the buffers are rebuilt: sustained large traffic
+/// keeps its buffers, a session that goes quiet gives them back.
+pub const COMPACT_DELAY: Duration = Duration::from_millis(500);
 
 /// How a peer failed, read off a tungstenite error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +112,9 @@ enum Ending {
     GaveUp,
     /// One of holdfast's own policies closes the session with 1008.
     Policy(ProxyPolicy),
+    /// Not an end: the session is quiet after a large message; rebuild the socket buffers
+    /// and relay on.
+    Compact,
 }
 
 /// Counters for the session-end log line (and metrics).
@@ -139,7 +151,8 @@ pub struct Opened {
 pub struct Session<C> {
     pub(super) id: String,
     pub(super) peer: SocketAddr,
-    pub(super) client: WebSocketStream<C>,
+    /// Always `Some`, except for the instant `Session::compact` rebuilds it.
+    client: Option<WebSocketStream<FrameGate<C>>>,
     /// How to open the upstream again, the same way as the first time.
     pub(super) template: Arc<UpstreamTemplate>,
     pub(super) shared: Arc<Shared>,
@@ -166,6 +179,9 @@ pub struct Session<C> {
     bucket_limit: RateLimit,
     /// When the handshake's token expires.
     pub(super) expires_at: Option<Instant>,
+    /// A message of `COMPACT_AFTER` bytes or more went through: rebuild the sockets' buffers
+    /// once the session is quiet (`COMPACT_DELAY`).
+    compact_due: bool,
 }
 
 /// A deadline that never comes, for timers that are off.
@@ -186,7 +202,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     pub fn new(
-        client: WebSocketStream<C>,
+        client: WebSocketStream<FrameGate<C>>,
         opened: Opened,
         peer: SocketAddr,
         shared: Arc<Shared>,
@@ -200,7 +216,7 @@ where
         Self {
             id: opened.template.session_id.clone(),
             peer,
-            client,
+            client: Some(client),
             template: opened.template,
             shared,
             shutdown,
@@ -219,6 +235,7 @@ where
             bucket: TokenBucket::new(rate_limit, now),
             bucket_limit: rate_limit,
             expires_at: opened.expires_in.map(|d| now + d),
+            compact_due: false,
         }
     }
 
@@ -229,6 +246,10 @@ where
         let _active = ActiveSession::new(self.shared.clone());
         let report = loop {
             let ending = self.relay(&mut upstream).await;
+            if let Ending::Compact = ending {
+                upstream = self.compact(upstream).await;
+                continue;
+            }
             if let Ending::Upstream(end) = &ending
                 && self.should_hold(end)
             {
@@ -296,6 +317,47 @@ where
         }
     }
 
+    /// The client socket (present at every point but inside `compact`).
+    pub(super) fn client(&mut self) -> &mut WebSocketStream<FrameGate<C>> {
+        self.client
+            .as_mut()
+            .expect("the client socket is only absent inside compact")
+    }
+
+    /// Gives back the buffers a large message grew: tungstenite keeps its read buffer at the
+    /// largest frame it read and its write buffer at the largest frame it wrote, for the
+    /// life of the socket. Each socket whose `FrameGate` is at a message boundary gets fresh
+    /// tungstenite state over the same connection; one that is mid-message is left for the
+    /// next quiet moment.
+    async fn compact(&mut self, mut upstream: UpstreamWs) -> UpstreamWs {
+        let config = super::socket_config(&self.shared.config.load().websocket);
+        let mut all_done = true;
+        // A queued pong must not be lost with the old state.
+        let _ = upstream.flush().await;
+        if upstream.get_ref().at_message_boundary() {
+            upstream =
+                WebSocketStream::from_raw_socket(upstream.into_inner(), Role::Client, Some(config))
+                    .await;
+            self.shared.metrics.socket_compacted();
+        } else {
+            all_done = false;
+        }
+        let mut client = self.client.take().expect("the client socket is present");
+        let _ = client.flush().await;
+        if client.get_ref().at_message_boundary() {
+            client =
+                WebSocketStream::from_raw_socket(client.into_inner(), Role::Server, Some(config))
+                    .await;
+            self.shared.metrics.socket_compacted();
+        } else {
+            all_done = false;
+        }
+        self.client = Some(client);
+        self.compact_due = !all_done;
+        tracing::debug!(session = %self.id, complete = all_done, "socket buffers rebuilt after a large message");
+        upstream
+    }
+
     /// Numbers a client data message and records it if it is among the first `replay_first`.
     pub(super) fn record_client_message(&mut self, message: &Message) -> u64 {
         let seq = self.client_seq;
@@ -324,13 +386,19 @@ where
         tokio::pin!(idle);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or_else(far_future));
         tokio::pin!(expiry);
+        let compact = tokio::time::sleep_until(if self.compact_due {
+            Instant::now() + COMPACT_DELAY
+        } else {
+            far_future()
+        });
+        tokio::pin!(compact);
         let shutdown = self.shutdown.clone();
 
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
-                incoming = self.client.next() => {
+                incoming = self.client().next() => {
                     self.last_client_rx = Instant::now();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Client(ClientEnd::Closed(close_of(frame))),
@@ -349,6 +417,10 @@ where
                                 self.stats.messages_to_upstream += 1;
                                 self.stats.bytes_to_upstream += len as u64;
                                 self.shared.metrics.message(Direction::ToUpstream, len);
+                                if len >= COMPACT_AFTER {
+                                    self.compact_due = true;
+                                    compact.as_mut().reset(Instant::now() + COMPACT_DELAY);
+                                }
                             }
                         }
                         Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
@@ -362,12 +434,16 @@ where
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
                                 self.last_data = self.last_upstream_rx;
-                                if let Err(e) = self.client.send(message).await {
+                                if let Err(e) = self.client().send(message).await {
                                     return Ending::Client(client_end(fault(&e)));
                                 }
                                 self.stats.messages_to_client += 1;
                                 self.stats.bytes_to_client += len as u64;
                                 self.shared.metrics.message(Direction::ToClient, len);
+                                if len >= COMPACT_AFTER {
+                                    self.compact_due = true;
+                                    compact.as_mut().reset(Instant::now() + COMPACT_DELAY);
+                                }
                             }
                         }
                         Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
@@ -383,7 +459,7 @@ where
                     if self.last_upstream_rx.elapsed() > every * 2 {
                         return Ending::Upstream(UpstreamEnd::Vanished);
                     }
-                    if let Err(e) = self.client.send(Message::Ping(Default::default())).await {
+                    if let Err(e) = self.client().send(Message::Ping(Default::default())).await {
                         return Ending::Client(client_end(fault(&e)));
                     }
                     if let Err(e) = upstream.send(Message::Ping(Default::default())).await {
@@ -391,6 +467,7 @@ where
                     }
                 }
                 _ = &mut expiry, if self.expires_at.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
+                _ = &mut compact, if self.compact_due => return Ending::Compact,
                 _ = &mut idle, if idle_after.is_some() => {
                     let deadline = self.last_data + idle_after.unwrap_or_default();
                     if deadline <= Instant::now() {
@@ -483,6 +560,9 @@ where
                 ))],
                 own(GOING_AWAY, "proxy shutting down"),
             ),
+            Ending::Compact => {
+                unreachable!("`run` compacts and relays on; it never finishes on Compact")
+            }
             Ending::GaveUp => (
                 vec![close_message(close::to_wire(
                     config.restart.give_up.clone(),
@@ -506,11 +586,11 @@ where
         match upstream {
             Some(mut upstream) => {
                 tokio::join!(
-                    complete_close(&mut self.client, to_client),
+                    complete_close(self.client(), to_client),
                     complete_close(&mut upstream, to_upstream)
                 );
             }
-            None => complete_close(&mut self.client, to_client).await,
+            None => complete_close(self.client(), to_client).await,
         }
         report
     }
