@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -36,6 +36,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// WebSocket sessions open right now (the `holdfast_sessions_active` gauge's value).
     pub sessions: AtomicUsize,
+    /// Set when a session gave buffers back; the trimmer returns the memory to the system.
+    pub memory_freed: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ impl App {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             sessions: AtomicUsize::new(0),
+            memory_freed: AtomicBool::new(false),
         });
         Ok(App {
             listener,
@@ -138,10 +141,16 @@ impl App {
         let upkeep = {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(5));
-                loop {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                for tick in 0u64.. {
                     every.tick().await;
-                    shared.metrics.run_upkeep();
+                    if shared.memory_freed.swap(false, Ordering::Relaxed) {
+                        // Off the async threads: trimming walks the allocator's arenas.
+                        let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+                    }
+                    if tick % 5 == 0 {
+                        shared.metrics.run_upkeep();
+                    }
                 }
             })
         };
@@ -174,6 +183,17 @@ impl App {
         admin_stop.cancel();
         upkeep.abort();
         left
+    }
+}
+
+/// Returns memory the allocator holds but no longer uses to the system. glibc's malloc keeps
+/// freed blocks (a large message's buffers, once given back) in its arenas; `malloc_trim`
+/// releases their pages. Other allocators return memory on their own.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only touches the allocator's own free lists; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -354,6 +354,7 @@ where
         }
         self.client = Some(client);
         self.compact_due = !all_done;
+        self.shared.memory_freed.store(true, Ordering::Relaxed);
         tracing::debug!(session = %self.id, complete = all_done, "socket buffers rebuilt after a large message");
         upstream
     }
@@ -644,3 +645,4 @@ where
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.get_mut().shutdown()).await;
 }
+
