@@ -175,7 +175,8 @@ async fn measure_memory(proxy: &Proc, sessions: usize) -> (f64, f64) {
     let idle = procs::rss_kib(proxy.pid());
     let ok = load::echo_each(&mut clients, 256 * 1024, 64).await;
     assert_eq!(ok, sessions, "every 256 KiB echo came back");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle again: long enough for a proxy to give back what the message grew.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let after = procs::rss_kib(proxy.pid());
     let per = |kib: u64| kib.saturating_sub(base) as f64 * 1024.0 / sessions as f64;
     eprintln!(

@@ -179,9 +179,8 @@ pub async fn accept(
         let gated = gate::FrameGate::frames(TokioIo::new(upgraded));
         let client = WebSocketStream::from_raw_socket(gated, Role::Server, Some(ws_config)).await;
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
-        session::Session::new(client, opened, conn.peer, shared_for_session, shutdown)
-            .run(upstream)
-            .await;
+        let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
+        session.run(upstream).await;
         drop(permit);
     });
     response
