@@ -273,13 +273,15 @@ where
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
         let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let expires_at = self.expires_at.unwrap_or_else(super::session::far_future);
         tracing::info!(session = %self.id, upstream = %self.member, "upstream restarting: holding the client");
 
         let end = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break HoldEnd::Shutdown,
+                _ = &mut cancelled => break HoldEnd::Shutdown,
                 _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
                 _ = tokio::time::sleep_until(expires_at), if self.expires_at.is_some() => {
                     break HoldEnd::Policy(ProxyPolicy::TokenExpired);

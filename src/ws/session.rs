@@ -401,12 +401,16 @@ where
             far_future()
         });
         tokio::pin!(compact);
+        // Created once: a fresh `cancelled()` per iteration would register with the token's
+        // notifier on every message.
         let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ending::Shutdown,
+                _ = &mut cancelled => return Ending::Shutdown,
                 incoming = self.client().next() => {
                     self.last_client_rx = Instant::now();
                     match incoming {
