@@ -146,6 +146,14 @@ impl<S> FrameGate<S> {
         Self::with_state(inner, FRAME_START)
     }
 
+    /// Like `frames`, with `prefix` — bytes already read from the socket (by hyper, past the
+    /// upgrade request) — handed over first.
+    pub fn frames_after(inner: S, prefix: &[u8]) -> Self {
+        let mut gate = Self::frames(inner);
+        gate.stash = prefix.to_vec();
+        gate
+    }
+
     /// For a socket whose next bytes are an HTTP response head (an upstream handshake).
     pub fn http_then_frames(inner: S) -> Self {
         Self::with_state(

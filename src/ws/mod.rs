@@ -9,6 +9,11 @@ pub mod hold;
 pub mod session;
 
 use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
@@ -23,6 +28,23 @@ use crate::http::{Body, ConnInfo};
 use crate::policy::token;
 use crate::upstream;
 use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
+
+/// The client's connection after the upgrade: the TCP or TLS stream itself when hyper hands
+/// it back (every read then skips hyper's upgrade wrappers), else hyper's `Upgraded`.
+pub type ClientIo = Either<TcpStream, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
+
+/// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
+/// already read past the request.
+fn client_io(upgraded: Upgraded) -> (ClientIo, Bytes) {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return (Either::Left(parts.io.into_inner()), parts.read_buf),
+        Err(other) => other,
+    };
+    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+        Ok(parts) => (Either::Right(Either::Left(Box::new(parts.io.into_inner()))), parts.read_buf),
+        Err(other) => (Either::Right(Either::Right(TokioIo::new(other))), Bytes::new()),
+    }
+}
 
 /// An upstream WebSocket: tungstenite over a `FrameGate` over TCP or TLS.
 pub type UpstreamWs = WebSocketStream<gate::FrameGate<upstream::UpstreamIo>>;
@@ -176,7 +198,11 @@ pub async fn accept(
                 return;
             }
         };
-        let gated = gate::FrameGate::frames(TokioIo::new(upgraded));
+        let gated = {
+            // `already_read` shares hyper's whole read buffer: copy what is in it, let it go.
+            let (io, already_read) = client_io(upgraded);
+            gate::FrameGate::frames_after(io, &already_read)
+        };
         let client = WebSocketStream::from_raw_socket(gated, Role::Server, Some(ws_config)).await;
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
