@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -31,7 +31,8 @@ use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
 
 /// The client's connection after the upgrade: the TCP or TLS stream itself when hyper hands
 /// it back (every read then skips hyper's upgrade wrappers), else hyper's `Upgraded`.
-pub type ClientIo = Either<TcpStream, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
+pub type ClientIo =
+    Either<TcpStream, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
 
 /// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
 /// already read past the request.
@@ -41,8 +42,14 @@ fn client_io(upgraded: Upgraded) -> (ClientIo, Bytes) {
         Err(other) => other,
     };
     match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-        Ok(parts) => (Either::Right(Either::Left(Box::new(parts.io.into_inner()))), parts.read_buf),
-        Err(other) => (Either::Right(Either::Right(TokioIo::new(other))), Bytes::new()),
+        Ok(parts) => (
+            Either::Right(Either::Left(Box::new(parts.io.into_inner()))),
+            parts.read_buf,
+        ),
+        Err(other) => (
+            Either::Right(Either::Right(TokioIo::new(other))),
+            Bytes::new(),
+        ),
     }
 }
 
