@@ -57,11 +57,7 @@ async fn upstream_close_after(frame: Option<CloseFrame>) -> Option<(u16, String)
     let proxy = Proxy::start(&[upstream.url()], RULES).await;
     let mut client = connect(&proxy).await;
     client.send(Message::Close(frame)).await.unwrap();
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone();
-    close.map(|f| (u16::from(f.code), f.reason.to_string()))
+    upstream.first_close().await
 }
 
 #[tokio::test]

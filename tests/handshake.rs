@@ -81,12 +81,7 @@ async fn an_upstream_refusal_is_relayed_with_its_status_and_body() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
-    // A port that was just free: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let proxy = Proxy::start(&[format!("ws://127.0.0.1:{port}")], "").await;
     let answer = raw_exchange(proxy.addr, &upgrade_request("")).await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");

@@ -115,11 +115,7 @@ async fn requests_are_forwarded_with_bodies_and_forwarding_headers() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let proxy = Proxy::start(&[format!("ws://127.0.0.1:{port}")], "").await;
     let request = Request::get("/health")
         .body(Full::new(Bytes::new()))

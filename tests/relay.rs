@@ -54,11 +54,7 @@ async fn a_message_just_under_the_limit_passes_and_one_over_is_1009() {
     let (code, _) = expect_close(&mut client).await;
     assert_eq!(code, Some(1009));
     // The upstream hears that the client went away, not a protocol error.
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone().unwrap();
-    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(upstream.first_close().await.map(|c| c.0), Some(1001));
 }
 
 #[tokio::test]
@@ -73,11 +69,7 @@ async fn an_upstream_message_over_the_limit_closes_the_upstream_1009_and_the_cli
     send_text(&mut client, "big 5000").await;
     let (code, reason) = expect_close(&mut client).await;
     assert_eq!(code, Some(1011), "{reason}");
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone().unwrap();
-    assert_eq!(u16::from(close.code), 1009);
+    assert_eq!(upstream.first_close().await.map(|c| c.0), Some(1009));
 }
 
 #[tokio::test]
@@ -103,11 +95,7 @@ async fn invalid_utf8_from_the_upstream_is_1011_to_the_client() {
     send_text(&mut client, "bad-utf8").await;
     let (code, _) = expect_close(&mut client).await;
     assert_eq!(code, Some(1011));
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone().unwrap();
-    assert_eq!(u16::from(close.code), 1007);
+    assert_eq!(upstream.first_close().await.map(|c| c.0), Some(1007));
 }
 
 #[tokio::test]
@@ -163,11 +151,7 @@ async fn idle_sessions_are_closed_with_1001_on_both_sides() {
     assert_eq!(next_message(&mut client).await, Message::text("hello"));
     let (code, reason) = expect_close(&mut client).await;
     assert_eq!((code, reason.as_str()), (Some(1001), "idle timeout"));
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone().unwrap();
-    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(upstream.first_close().await.map(|c| c.0), Some(1001));
 }
 
 #[tokio::test]
@@ -189,14 +173,7 @@ async fn a_client_close_is_carried_to_the_upstream_and_both_handshakes_complete(
         while client.next().await.is_some() {}
     })
     .await;
-    upstream
-        .wait_for("upstream close", |log| !log.closes.is_empty())
-        .await;
-    let close = upstream.log.lock().unwrap().closes[0].clone().unwrap();
-    assert_eq!(
-        (u16::from(close.code), close.reason.as_str()),
-        (4001, "bye")
-    );
+    assert_eq!(upstream.first_close().await, Some((4001, "bye".into())));
 }
 
 /// A masked client frame (zero mask) with the given first byte.

@@ -131,6 +131,15 @@ impl TestUpstream {
         .await
     }
 
+    /// Waits for the first close frame the proxy sent this upstream: (code, reason), or
+    /// `None` for an empty close.
+    pub async fn first_close(&self) -> Option<(u16, String)> {
+        self.wait_for("a close from the proxy", |log| !log.closes.is_empty())
+            .await;
+        let close = self.log.lock().unwrap().closes[0].clone();
+        close.map(|f| (u16::from(f.code), f.reason.to_string()))
+    }
+
     pub fn handshake(&self, i: usize) -> Request {
         self.log.lock().unwrap().handshakes[i].clone()
     }
@@ -487,6 +496,15 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A loopback port nothing listens on (bound, read back, released).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A plain `GET` over a fresh connection: (status, body).
