@@ -508,6 +508,9 @@ where
             |code: u16, reason: &str| vec![close_message(close::to_wire(Close::new(code, reason)))];
         // Where each side's close comes from, for the `original` metric label.
         let (mut client_original, mut upstream_original) = (Original::Proxy, Original::Proxy);
+        // The client broke the protocol: what the upstream already answered reaches the client
+        // before holdfast's verdict (SPEC: messages are relayed in order).
+        let mut upstream_first = false;
         // Messages for each side, the close frame last; empty: only complete the handshake.
         let (to_client, to_upstream): (Vec<Message>, Vec<Message>) = match ending {
             Ending::Client(end) => {
@@ -517,6 +520,7 @@ where
                     decision.original,
                     decision.to_upstream.as_ref().map(|c| c.code),
                 ));
+                upstream_first = decision.to_client.is_some();
                 let reply = decision.to_client.map(close_message).into_iter().collect();
                 (reply, vec![close_message(decision.to_upstream)])
             }
@@ -597,6 +601,10 @@ where
             metrics.close_sent(Direction::ToUpstream, code, upstream_original);
         }
         match upstream {
+            Some(mut upstream) if upstream_first => {
+                self.forward_until_closed(&mut upstream, to_upstream).await;
+                complete_close(self.client(), to_client).await;
+            }
             Some(mut upstream) => {
                 tokio::join!(
                     complete_close(self.client(), to_client),
@@ -606,6 +614,33 @@ where
             None => complete_close(self.client(), to_client).await,
         }
         report
+    }
+
+    /// Closes the upstream with `messages` (the close last) and, until its close reply (at
+    /// most `CLOSE_TIMEOUT`), still relays the data it sends to the client: answers to
+    /// messages the client sent before its fault are delivered before the verdict.
+    async fn forward_until_closed(&mut self, upstream: &mut UpstreamWs, messages: Vec<Message>) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            for message in messages {
+                if upstream.feed(message).await.is_err() {
+                    return;
+                }
+            }
+            if upstream.flush().await.is_err() {
+                return;
+            }
+            while let Some(Ok(message)) = upstream.next().await {
+                if let Some(len) = payload_len(&message) {
+                    if self.client().send(message).await.is_err() {
+                        return;
+                    }
+                    self.stats.messages_to_client += 1;
+                    self.shared.metrics.message(Direction::ToClient, len);
+                }
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), upstream.get_mut().shutdown()).await;
     }
 }
 

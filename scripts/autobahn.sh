@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Autobahn|Testsuite (the standard WebSocket conformance suite) through holdfast.
+#
+# fuzzingclient (wstest, Python 2.7) runs every case against two agents: "direct", a
+# conformant echo upstream (tokio-tungstenite, holdfast-bench's echo), and "holdfast", the
+# same upstream behind holdfast. holdfast must be no worse than direct on every case
+# outside 12.* / 13.* (compression, not negotiated by holdfast). Loopback only.
+#
+#   scripts/autobahn.sh            # every case but 12.* and 13.*
+#   scripts/autobahn.sh --quick    # 1.* to 7.* and 10.* (the protocol cases, ~1 minute)
+#
+# Prints the verdict table (cases per behaviour, per agent) and exits 1 if holdfast is worse
+# than direct on any case. Reports land in target/autobahn/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cases='["*"]'
+if [ "${1:-}" = "--quick" ]; then
+  cases='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]'
+fi
+
+# wstest needs Python 2.7: the image's pyenv has 2.7.18.
+pybase="${XDG_CACHE_HOME:-$HOME/.cache}/holdfast-autobahn"
+wstest="$pybase/bin/wstest"
+if [ ! -x "$wstest" ]; then
+  py27="$(pyenv root 2>/dev/null)/versions/2.7.18/bin/pip"
+  [ -x "$py27" ] || { echo "autobahn: Python 2.7.18 (pyenv) is needed for wstest" >&2; exit 2; }
+  PYTHONUSERBASE="$pybase" "$py27" install --quiet --user --no-warn-script-location \
+    autobahntestsuite==25.10.1 2>&1 | grep -v DEPRECATION || true
+fi
+
+cargo build --release --bins --quiet
+out="$PWD/target/autobahn"
+rm -rf "$out" && mkdir -p "$out"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+echo_port=$(free_port)
+proxy_port=$(free_port)
+
+target/release/holdfast-bench echo --listen "127.0.0.1:$echo_port" > "$out/echo.log" &
+echo_pid=$!
+cat > "$out/proxy.toml" <<TOML
+[listen]
+address = "127.0.0.1:$proxy_port"
+[admin]
+address = ""
+[upstream]
+endpoints = ["ws://127.0.0.1:$echo_port"]
+[websocket]
+# Autobahn's 9.* cases send messages and frames of up to 16 MiB.
+max_message_size = "64MiB"
+max_frame_size = "64MiB"
+ping_interval = "0s"
+TOML
+target/release/holdfast --config "$out/proxy.toml" --log-level warn 2> "$out/holdfast.log" &
+proxy_pid=$!
+trap 'kill $echo_pid $proxy_pid 2>/dev/null || true' EXIT
+for port in "$echo_port" "$proxy_port"; do
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+cat > "$out/fuzzingclient.json" <<JSON
+{
+  "outdir": "$out/reports",
+  "servers": [
+    {"agent": "direct", "url": "ws://127.0.0.1:$echo_port"},
+    {"agent": "holdfast", "url": "ws://127.0.0.1:$proxy_port"}
+  ],
+  "cases": $cases,
+  "exclude-cases": ["12.*", "13.*"],
+  "exclude-agent-cases": {}
+}
+JSON
+(cd "$out" && PYTHONUSERBASE="$pybase" "$wstest" -m fuzzingclient -s fuzzingclient.json > wstest.log 2>&1) || true
+
+# wstest always exits 0: read the verdicts from index.json.
+python3 - "$out/reports/index.json" <<'PY'
+import json, sys
+from collections import Counter
+index = json.load(open(sys.argv[1]))
+rank = {"OK": 0, "NON-STRICT": 1, "INFORMATIONAL": 2, "UNIMPLEMENTED": 3, "FAILED": 4}
+agents = ["direct", "holdfast"]
+counts = {a: Counter() for a in agents}
+worse = []
+for agent in agents:
+    for case, r in index[agent].items():
+        counts[agent][r["behavior"]] += 1
+for case, d in index["direct"].items():
+    h = index["holdfast"].get(case)
+    if h is None:
+        worse.append((case, d["behavior"], "missing"))
+        continue
+    for key in ("behavior", "behaviorClose"):
+        if rank.get(h[key], 9) > rank.get(d[key], 9):
+            worse.append((case, f"{key} {d[key]}", h[key]))
+behaviors = sorted({b for a in agents for b in counts[a]}, key=lambda b: rank.get(b, 9))
+print("| verdict | " + " | ".join(agents) + " |")
+print("|---|" + "---|" * len(agents))
+for b in behaviors:
+    print(f"| {b} | " + " | ".join(str(counts[a][b]) for a in agents) + " |")
+print(f"| total | " + " | ".join(str(sum(counts[a].values())) for a in agents) + " |")
+if worse:
+    print(f"\nholdfast is worse than direct on {len(worse)} case(s):")
+    for case, direct, holdfast in sorted(worse):
+        print(f"  {case}: direct {direct}, holdfast {holdfast}")
+    sys.exit(1)
+print("\nholdfast is no worse than direct on every case.")
+PY
