@@ -44,6 +44,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// (scripts/autobahn.sh) a conformant client for Autobahn's fuzzingserver: runs every
+    /// case, echoing what the server sends, then asks it to write its reports.
+    AutobahnClient {
+        /// ws://host:port of the fuzzingserver, or of holdfast in front of it.
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        agent: String,
+    },
     /// (internal) the echo upstream.
     Echo {
         #[arg(long)]
@@ -61,9 +70,16 @@ struct Throughput {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(Cmd::Echo { listen }) = cli.command {
-        echo::run(listen);
-        return;
+    match cli.command {
+        Some(Cmd::Echo { listen }) => return echo::run(listen),
+        Some(Cmd::AutobahnClient { server, agent }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            return runtime.block_on(autobahn_client(&server, &agent));
+        }
+        None => {}
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -365,6 +381,49 @@ fn print_table(
         cli.sessions,
         cells.join(" | ")
     );
+}
+
+async fn ws_connect(url: &str) -> Option<load::Client> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request().ok()?;
+    let authority = request.uri().authority()?.as_str().to_owned();
+    let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    Some(
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            .await
+            .ok()?
+            .0,
+    )
+}
+
+async fn autobahn_client(server: &str, agent: &str) {
+    use futures_util::SinkExt;
+    let mut counter = ws_connect(&format!("{server}/getCaseCount"))
+        .await
+        .expect("getCaseCount");
+    let count: usize = match counter.next().await {
+        Some(Ok(Message::Text(t))) => t.parse().expect("a case count"),
+        other => panic!("getCaseCount answered {other:?}"),
+    };
+    drop(counter);
+    for case in 1..=count {
+        let Some(mut ws) = ws_connect(&format!("{server}/runCase?case={case}&agent={agent}")).await
+        else {
+            continue;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    }
+    if let Some(mut ws) = ws_connect(&format!("{server}/updateReports?agent={agent}")).await {
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    eprintln!("autobahn client: {count} cases run as {agent}");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -75,8 +75,45 @@ cat > "$out/fuzzingclient.json" <<JSON
 JSON
 (cd "$out" && PYTHONUSERBASE="$pybase" "$wstest" -m fuzzingclient -s fuzzingclient.json > wstest.log 2>&1) || true
 
+# The other side: Autobahn's fuzzingserver as holdfast's upstream, a conformant client
+# (holdfast-bench autobahn-client, tokio-tungstenite) driving it directly ("direct") and
+# through holdfast ("holdfast"). Here holdfast is the server's client. (wstest binds
+# 0.0.0.0 in server mode; everything here connects to it over 127.0.0.1.)
+server_port=$(free_port)
+proxy2_port=$(free_port)
+cat > "$out/fuzzingserver.json" <<JSON
+{
+  "url": "ws://127.0.0.1:$server_port",
+  "outdir": "$out/server-reports",
+  "cases": $cases,
+  "exclude-cases": ["12.*", "13.*"],
+  "exclude-agent-cases": {}
+}
+JSON
+(cd "$out" && PYTHONUSERBASE="$pybase" exec "$wstest" -m fuzzingserver -s fuzzingserver.json > wstest-server.log 2>&1) &
+server_pid=$!
+sed -e "s/$proxy_port/$proxy2_port/" -e "s/$echo_port/$server_port/" "$out/proxy.toml" > "$out/proxy2.toml"
+target/release/holdfast --config "$out/proxy2.toml" --log-level warn 2> "$out/holdfast2.log" &
+proxy2_pid=$!
+trap 'kill $echo_pid $proxy_pid $server_pid $proxy2_pid 2>/dev/null || true' EXIT
+for port in "$server_port" "$proxy2_port"; do
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
+    sleep 0.1
+  done
+done
+target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$server_port" --agent direct
+target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$proxy2_port" --agent holdfast
+
 # wstest always exits 0: read the verdicts from index.json.
-python3 - "$out/reports/index.json" <<'PY'
+status=0
+for side in "fuzzingclient (holdfast in front of an echo upstream):reports" \
+            "fuzzingserver (holdfast in front of Autobahn's server):server-reports"; do
+  title=${side%%:*}
+  dir=${side##*:}
+  echo
+  echo "== $title"
+  python3 - "$out/$dir/index.json" <<'PY' || status=1
 import json, sys
 from collections import Counter
 index = json.load(open(sys.argv[1]))
@@ -108,3 +145,5 @@ if worse:
     sys.exit(1)
 print("\nholdfast is no worse than direct on every case.")
 PY
+done
+exit $status

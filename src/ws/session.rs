@@ -508,9 +508,10 @@ where
             |code: u16, reason: &str| vec![close_message(close::to_wire(Close::new(code, reason)))];
         // Where each side's close comes from, for the `original` metric label.
         let (mut client_original, mut upstream_original) = (Original::Proxy, Original::Proxy);
-        // The client broke the protocol: what the upstream already answered reaches the client
-        // before holdfast's verdict (SPEC: messages are relayed in order).
-        let mut upstream_first = false;
+        // One side broke the protocol: the other side is closed first, and what it still
+        // sends (answers to messages from before the fault) is relayed before the verdict
+        // reaches the faulty side — messages stay in order.
+        let mut faulty = None;
         // Messages for each side, the close frame last; empty: only complete the handshake.
         let (to_client, to_upstream): (Vec<Message>, Vec<Message>) = match ending {
             Ending::Client(end) => {
@@ -520,7 +521,9 @@ where
                     decision.original,
                     decision.to_upstream.as_ref().map(|c| c.code),
                 ));
-                upstream_first = decision.to_client.is_some();
+                if decision.to_client.is_some() {
+                    faulty = Some(Direction::ToClient);
+                }
                 let reply = decision.to_client.map(close_message).into_iter().collect();
                 (reply, vec![close_message(decision.to_upstream)])
             }
@@ -555,6 +558,9 @@ where
                 let verdict = end
                     .verdict_for_upstream()
                     .map(|c| close_message(close::to_wire(c)));
+                if verdict.is_some() {
+                    faulty = Some(Direction::ToUpstream);
+                }
                 (to_client, verdict.into_iter().collect())
             }
             Ending::Policy(fired) => {
@@ -600,48 +606,77 @@ where
         {
             metrics.close_sent(Direction::ToUpstream, code, upstream_original);
         }
-        match upstream {
-            Some(mut upstream) if upstream_first => {
-                self.forward_until_closed(&mut upstream, to_upstream).await;
-                complete_close(self.client(), to_client).await;
+        let metrics = &self.shared.metrics;
+        match (upstream, faulty) {
+            (Some(mut upstream), Some(Direction::ToClient)) => {
+                let client = self.client.as_mut().expect("the client socket is present");
+                close_relaying(
+                    &mut upstream,
+                    to_upstream,
+                    client,
+                    Direction::ToClient,
+                    metrics,
+                )
+                .await;
+                complete_close(client, to_client).await;
             }
-            Some(mut upstream) => {
+            (Some(mut upstream), Some(Direction::ToUpstream)) => {
+                let client = self.client.as_mut().expect("the client socket is present");
+                close_relaying(
+                    client,
+                    to_client,
+                    &mut upstream,
+                    Direction::ToUpstream,
+                    metrics,
+                )
+                .await;
+                complete_close(&mut upstream, to_upstream).await;
+            }
+            (Some(mut upstream), None) => {
                 tokio::join!(
                     complete_close(self.client(), to_client),
                     complete_close(&mut upstream, to_upstream)
                 );
             }
-            None => complete_close(self.client(), to_client).await,
+            (None, _) => complete_close(self.client(), to_client).await,
         }
         report
     }
+}
 
-    /// Closes the upstream with `messages` (the close last) and, until its close reply (at
-    /// most `CLOSE_TIMEOUT`), still relays the data it sends to the client: answers to
-    /// messages the client sent before its fault are delivered before the verdict.
-    async fn forward_until_closed(&mut self, upstream: &mut UpstreamWs, messages: Vec<Message>) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            for message in messages {
-                if upstream.feed(message).await.is_err() {
-                    return;
-                }
-            }
-            if upstream.flush().await.is_err() {
+/// Closes `closing` with `messages` (the close last) and, until its close reply (at most
+/// `CLOSE_TIMEOUT`), relays the data it still sends to `other` (`direction`): answers to
+/// messages sent before the other side's fault arrive before that side's verdict.
+async fn close_relaying<A, B>(
+    closing: &mut WebSocketStream<A>,
+    messages: Vec<Message>,
+    other: &mut WebSocketStream<B>,
+    direction: Direction,
+    metrics: &crate::metrics::Metrics,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        for message in messages {
+            if closing.feed(message).await.is_err() {
                 return;
             }
-            while let Some(Ok(message)) = upstream.next().await {
-                if let Some(len) = payload_len(&message) {
-                    if self.client().send(message).await.is_err() {
-                        return;
-                    }
-                    self.stats.messages_to_client += 1;
-                    self.shared.metrics.message(Direction::ToClient, len);
+        }
+        if closing.flush().await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = closing.next().await {
+            if let Some(len) = payload_len(&message) {
+                if other.send(message).await.is_err() {
+                    return;
                 }
+                metrics.message(direction, len);
             }
-        })
-        .await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), upstream.get_mut().shutdown()).await;
-    }
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing.get_mut().shutdown()).await;
 }
 
 /// The code of a close message as sent (`Some(None)`: an empty close frame).
