@@ -243,6 +243,11 @@ pub struct ClientEndDecision {
 /// the protocol gets the matching code and the upstream hears that the client went away.
 pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDecision {
     let (to_client, received) = match end {
+        // The client's 1002 is about holdfast's frames, never the upstream's (and tungstenite
+        // reports a disallowed close code from the client as 1002): the upstream hears 1001.
+        ClientEnd::Closed(close) if close.code == PROTOCOL_ERROR => {
+            (None, Close::new(GOING_AWAY, "client protocol error"))
+        }
         ClientEnd::Closed(close) => (None, close.clone()),
         ClientEnd::Vanished => (None, Close::new(GOING_AWAY, "client went away")),
         ClientEnd::ProtocolError => (
@@ -463,6 +468,11 @@ mod tests {
                 Some(Close::new(1000, "done")),
             ),
             (ClientEnd::Closed(Close::new(1005, "")), None, None),
+            (
+                ClientEnd::Closed(Close::new(1002, "Protocol violation")),
+                None,
+                Some(Close::new(1001, "client protocol error")),
+            ),
             (
                 ClientEnd::TooBig,
                 Some(Some(Close::new(1009, "message too big"))),

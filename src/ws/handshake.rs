@@ -30,6 +30,8 @@ pub enum HandshakeError {
     Origin,
     #[error("over max_connections")]
     Overloaded,
+    #[error("request head larger than {} bytes", crate::http::MAX_REQUEST_HEAD)]
+    HeadTooLarge,
     #[error("token refused: {0}")]
     Unauthorized(#[from] crate::policy::token::TokenError),
     #[error("upstream unreachable: {0}")]
@@ -51,6 +53,7 @@ impl HandshakeError {
             HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Origin => StatusCode::FORBIDDEN,
             HandshakeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            HandshakeError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             HandshakeError::Unreachable(_) | HandshakeError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
