@@ -170,3 +170,60 @@ async fn a_connect_that_never_completes_times_out_on_connect_timeout() {
     assert!(started.elapsed() < DEADLINE);
     let _ = TcpStream::connect(proxy.addr).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_is_dropped_and_the_client_told_1011() {
+    use futures_util::{SinkExt, StreamExt};
+    let upstream = UpstreamBuilder::new().start().await;
+    // Keepalive every 200 ms: a peer that takes no data for 400 ms has stopped reading.
+    let proxy = Proxy::start(
+        &[upstream.url()],
+        "[websocket]\nping_interval = \"200ms\"\n",
+    )
+    .await;
+    let client = connect(&proxy).await;
+    let (mut sink, mut stream) = client.split();
+    sink.send(Message::text("stall")).await.unwrap();
+    // Flood until the socket buffers are full; the proxy stops reading the client too
+    // (backpressure), so these sends block and the task is simply abandoned.
+    let flood = tokio::spawn(async move {
+        for _ in 0..4096 {
+            if sink
+                .send(Message::binary(vec![1u8; 64 * 1024]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let close = within("the proxy to give up on the upstream", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(close, Some(1011));
+    flood.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_the_upstream_told_1001() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(
+        &[upstream.url()],
+        "[websocket]\nping_interval = \"200ms\"\n",
+    )
+    .await;
+    let mut client = connect(&proxy).await;
+    // The upstream sends 64 MiB the client never reads: holdfast buffers none of it beyond
+    // the socket buffers, and gives up on the client.
+    send_text(&mut client, "flood 1024").await;
+    let close = upstream.first_close().await;
+    assert_eq!(close, Some((1001, "client stopped reading".into())));
+    drop(client);
+}

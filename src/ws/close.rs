@@ -145,6 +145,8 @@ pub enum UpstreamEnd {
     TooBig,
     /// The upstream sent a text message that is not UTF-8.
     InvalidUtf8,
+    /// The upstream stopped reading: a send did not complete within two ping intervals.
+    Stalled,
 }
 
 impl UpstreamEnd {
@@ -157,6 +159,7 @@ impl UpstreamEnd {
             UpstreamEnd::ProtocolError => Close::new(INTERNAL_ERROR, "upstream protocol error"),
             UpstreamEnd::TooBig => Close::new(INTERNAL_ERROR, "upstream message too big"),
             UpstreamEnd::InvalidUtf8 => Close::new(INTERNAL_ERROR, "upstream sent invalid UTF-8"),
+            UpstreamEnd::Stalled => Close::new(INTERNAL_ERROR, "upstream stopped reading"),
         }
     }
 
@@ -166,7 +169,7 @@ impl UpstreamEnd {
             UpstreamEnd::ProtocolError => Some(Close::new(PROTOCOL_ERROR, "protocol error")),
             UpstreamEnd::TooBig => Some(Close::new(MESSAGE_TOO_BIG, "message too big")),
             UpstreamEnd::InvalidUtf8 => Some(Close::new(INVALID_PAYLOAD, "invalid UTF-8")),
-            UpstreamEnd::Closed(_) | UpstreamEnd::Vanished => None,
+            UpstreamEnd::Closed(_) | UpstreamEnd::Vanished | UpstreamEnd::Stalled => None,
         }
     }
 }
@@ -223,6 +226,8 @@ pub fn on_upstream_end(end: &UpstreamEnd, rules: &CloseRules<'_>) -> UpstreamDec
 pub enum ClientEnd {
     Closed(Close),
     Vanished,
+    /// The client stopped reading: a send did not complete within two ping intervals.
+    Stalled,
     ProtocolError,
     TooBig,
     InvalidUtf8,
@@ -250,6 +255,7 @@ pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDeci
         }
         ClientEnd::Closed(close) => (None, close.clone()),
         ClientEnd::Vanished => (None, Close::new(GOING_AWAY, "client went away")),
+        ClientEnd::Stalled => (None, Close::new(GOING_AWAY, "client stopped reading")),
         ClientEnd::ProtocolError => (
             Some(Close::new(PROTOCOL_ERROR, "protocol error")),
             Close::new(GOING_AWAY, "client protocol error"),
@@ -265,7 +271,7 @@ pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDeci
     };
     let original = match end {
         ClientEnd::Closed(close) => close.code,
-        ClientEnd::Vanished => ABNORMAL,
+        ClientEnd::Vanished | ClientEnd::Stalled => ABNORMAL,
         ClientEnd::ProtocolError => PROTOCOL_ERROR,
         ClientEnd::TooBig => MESSAGE_TOO_BIG,
         ClientEnd::InvalidUtf8 => INVALID_PAYLOAD,
@@ -425,6 +431,11 @@ mod tests {
                 UpstreamEnd::TooBig,
                 holding,
                 fwd(1011, 1011, "upstream message too big"),
+            ),
+            (
+                UpstreamEnd::Stalled,
+                holding,
+                fwd(1011, 1011, "upstream stopped reading"),
             ),
         ];
         for (end, rules, want) in table {

@@ -386,6 +386,8 @@ where
                 config.websocket.idle_timeout,
             )
         };
+        // A peer that takes no data for two keepalive intervals has stopped reading.
+        let stall = ping_every.map(|every| every * 2);
         let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
@@ -422,10 +424,15 @@ where
                                 }
                                 self.last_data = self.last_client_rx;
                                 let seq = self.record_client_message(&message);
-                                if let Err(e) = upstream.send(message.clone()).await {
-                                    // Not written: if the session holds, it is delivered later.
-                                    self.unsent = Some((seq, message));
-                                    return Ending::Upstream(upstream_end(fault(&e)));
+                                match send_within(upstream, message.clone(), stall).await {
+                                    Ok(()) => {}
+                                    // Perhaps partly written: never delivered again.
+                                    Err(None) => return Ending::Upstream(UpstreamEnd::Stalled),
+                                    Err(Some(e)) => {
+                                        // Not written: if the session holds, it is delivered later.
+                                        self.unsent = Some((seq, message));
+                                        return Ending::Upstream(upstream_end(fault(&e)));
+                                    }
                                 }
                                 self.stats.messages_to_upstream += 1;
                                 self.stats.bytes_to_upstream += len as u64;
@@ -447,8 +454,10 @@ where
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
                                 self.last_data = self.last_upstream_rx;
-                                if let Err(e) = self.client().send(message).await {
-                                    return Ending::Client(client_end(fault(&e)));
+                                match send_within(self.client(), message, stall).await {
+                                    Ok(()) => {}
+                                    Err(None) => return Ending::Client(ClientEnd::Stalled),
+                                    Err(Some(e)) => return Ending::Client(client_end(fault(&e))),
                                 }
                                 self.stats.messages_to_client += 1;
                                 self.stats.bytes_to_client += len as u64;
@@ -677,6 +686,26 @@ async fn close_relaying<A, B>(
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), closing.get_mut().shutdown()).await;
+}
+
+/// Sends `message`, giving up after `stall` (`Err(None)`): a peer that takes no data for
+/// that long has stopped reading. Without keepalive (`None`) a send waits as long as the
+/// peer does — backpressure, memory stays bounded either way.
+async fn send_within<S>(
+    socket: &mut WebSocketStream<S>,
+    message: Message,
+    stall: Option<Duration>,
+) -> Result<(), Option<WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match stall {
+        Some(limit) => match tokio::time::timeout(limit, socket.send(message)).await {
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
+        },
+        None => socket.send(message).await.map_err(Some),
+    }
 }
 
 /// The code of a close message as sent (`Some(None)`: an empty close frame).

@@ -321,6 +321,23 @@ impl UpstreamBuilder {
                 ["close-empty"] => Some(Message::Close(None)),
                 ["abort"] => return,
                 ["whoami"] => Some(Message::text(whoami.clone())),
+                ["stall"] => {
+                    // Stop reading (and writing) for good: the connection just sits there.
+                    std::future::pending::<()>().await;
+                    None
+                }
+                ["flood", n] => {
+                    for _ in 0..n.parse::<usize>().unwrap() {
+                        if ws
+                            .send(Message::binary(vec![0u8; 64 * 1024]))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    None
+                }
                 ["big", n] => Some(Message::text("x".repeat(n.parse().unwrap()))),
                 ["bad-utf8"] => {
                     let _ = ws.get_mut().write_all(&[0x81, 0x02, 0xff, 0xfe]).await;
