@@ -52,6 +52,8 @@ async fn path_query_and_end_to_end_headers_are_forwarded_extensions_are_not() {
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "ws");
     assert_eq!(h["x-forwarded-host"], proxy.addr.to_string());
+    // The client's Host never selects or reaches the upstream as Host.
+    assert_eq!(h["host"], upstream.addr.to_string());
     assert!(h.get("sec-websocket-extensions").is_none());
     let session = h["x-holdfast-session"].to_str().unwrap();
     assert_eq!(

@@ -140,3 +140,68 @@ async fn sighup_reloads_the_file_into_live_sessions() {
     send_text(&mut ws, "close 4000 bye").await;
     assert_eq!(expect_close(&mut ws).await, (Some(4100), "bye".into()));
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    use tokio::io::AsyncReadExt;
+    let upstream = UpstreamBuilder::new().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    write_config(&path, &upstream, "");
+    // Debug level: the most holdfast ever says.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    cmd.args([
+        "--config",
+        path.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+    ])
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .kill_on_drop(true);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOLDFAST_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(&mut stderr).lines();
+    let proxy: SocketAddr = within("the listening line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.contains("holdfast listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                return v["address"].as_str().unwrap().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    let mut request = format!("ws://{proxy}/?access_token=QUERYSECRET")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer HEADERSECRET".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("cookie", "session=COOKIESECRET".parse().unwrap());
+    let (mut ws, _) = connect_request(proxy, request).await.unwrap();
+    send_text(&mut ws, "hello").await;
+    assert_eq!(next_message(&mut ws).await.to_text().unwrap(), "hello");
+    drop(ws);
+    signal(&child, "TERM");
+    let _ = within("exit", child.wait()).await;
+    let mut rest = String::new();
+    let _ = lines.into_inner().read_to_string(&mut rest).await;
+    for secret in ["QUERYSECRET", "HEADERSECRET", "COOKIESECRET"] {
+        assert!(
+            !rest.contains(secret),
+            "{secret} appeared in the logs:\n{rest}"
+        );
+    }
+    assert!(
+        rest.contains("session ended"),
+        "the session was logged:\n{rest}"
+    );
+}
