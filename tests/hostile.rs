@@ -6,7 +6,7 @@ mod support;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -154,76 +154,23 @@ async fn upstreams_that_fail_the_handshake_get_clear_statuses() {
 }
 
 #[tokio::test]
-async fn a_connect_that_never_completes_times_out_on_connect_timeout() {
-    // An address that drops SYNs is not available on loopback; a listener whose backlog is
-    // never accepted still completes the TCP handshake. So this checks the bound end to end
-    // with a silent upstream and a shorter connect_timeout than handshake_timeout.
+async fn an_upstream_that_never_answers_the_handshake_is_bounded_by_connect_timeout() {
+    // TCP connects (the listener accepts) but no HTTP answer ever comes: connect_timeout
+    // (200 ms) bounds the upstream handshake, long before handshake_timeout (the default 10 s).
     let upstream = faulty_upstream("silent").await;
-    let proxy = Proxy::start(
-        &[upstream],
-        "[listen]\nhandshake_timeout = \"400ms\"\n[upstream]\nconnect_timeout = \"200ms\"\n",
-    )
-    .await;
+    let proxy = Proxy::start(&[upstream], "[upstream]\nconnect_timeout = \"200ms\"\n").await;
     let started = std::time::Instant::now();
     let answer = raw_exchange(proxy.addr, &upgrade_request("")).await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
-    assert!(started.elapsed() < DEADLINE);
-    let _ = TcpStream::connect(proxy.addr).await.unwrap();
-}
-
-#[tokio::test]
-async fn an_upstream_that_stops_reading_is_dropped_and_the_client_told_1011() {
-    use futures_util::{SinkExt, StreamExt};
-    let upstream = UpstreamBuilder::new().start().await;
-    // Keepalive every 200 ms: a peer that takes no data for 400 ms has stopped reading.
-    let proxy = Proxy::start(
-        &[upstream.url()],
-        "[websocket]\nping_interval = \"200ms\"\n",
-    )
-    .await;
-    let client = connect(&proxy).await;
-    let (mut sink, mut stream) = client.split();
-    sink.send(Message::text("stall")).await.unwrap();
-    // Flood until the socket buffers are full; the proxy stops reading the client too
-    // (backpressure), so these sends block and the task is simply abandoned.
-    let flood = tokio::spawn(async move {
-        for _ in 0..4096 {
-            if sink
-                .send(Message::binary(vec![1u8; 64 * 1024]))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let close = within("the proxy to give up on the upstream", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await;
-    assert_eq!(close, Some(1011));
-    flood.abort();
-}
-
-#[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_the_upstream_told_1001() {
-    let upstream = UpstreamBuilder::new().start().await;
-    let proxy = Proxy::start(
-        &[upstream.url()],
-        "[websocket]\nping_interval = \"200ms\"\n",
-    )
-    .await;
-    let mut client = connect(&proxy).await;
-    // The upstream sends 64 MiB the client never reads: holdfast buffers none of it beyond
-    // the socket buffers, and gives up on the client.
-    send_text(&mut client, "flood 1024").await;
-    let close = upstream.first_close().await;
-    assert_eq!(close, Some((1001, "client stopped reading".into())));
-    drop(client);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered by connect_timeout, not handshake_timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy
+            .metric("holdfast_upstream_connects_total{result=\"timeout\"}")
+            .await,
+        1.0
+    );
 }

@@ -306,14 +306,21 @@ impl UpstreamSocket {
 }
 
 /// Performs the WebSocket handshake with an upstream over an already dialled connection.
+/// An upstream that accepted the connection but does not answer within `timeout`
+/// (`upstream.connect_timeout`) is a timeout.
 pub async fn upstream_handshake(
     request: Request<()>,
     io: UpstreamIo,
     config: WebSocketConfig,
+    timeout: std::time::Duration,
 ) -> Result<UpstreamSocket, HandshakeError> {
     use tokio_tungstenite::tungstenite::Error;
     let gated = super::gate::FrameGate::http_then_frames(io);
-    match tokio_tungstenite::client_async_with_config(request, gated, Some(config)).await {
+    let handshake = tokio_tungstenite::client_async_with_config(request, gated, Some(config));
+    let Ok(result) = tokio::time::timeout(timeout, handshake).await else {
+        return Err(HandshakeError::UpstreamTimeout);
+    };
+    match result {
         Ok((socket, response)) => Ok(UpstreamSocket { socket, response }),
         Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),
         Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),

@@ -175,8 +175,12 @@ async fn try_resume(
         Ok(r) => r,
         Err(e) => return Try::Retry(e.to_string()),
     };
-    let handshake =
-        handshake::upstream_handshake(request, io, super::socket_config(&config.websocket));
+    let handshake = handshake::upstream_handshake(
+        request,
+        io,
+        super::socket_config(&config.websocket),
+        config.upstream.connect_timeout,
+    );
     match tokio::time::timeout(config.listen.handshake_timeout, handshake).await {
         Ok(Ok(mut upstream)) => {
             shared.metrics.upstream_connect("ok");

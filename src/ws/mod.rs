@@ -95,10 +95,13 @@ pub async fn open_upstream(
                 continue;
             }
         };
-        match handshake::upstream_handshake(request, io, socket_config(&config.websocket)).await {
-            Err(e @ HandshakeError::UpstreamProtocol(_)) => {
+        let timeout = config.upstream.connect_timeout;
+        match handshake::upstream_handshake(request, io, socket_config(&config.websocket), timeout)
+            .await
+        {
+            Err(e @ (HandshakeError::UpstreamProtocol(_) | HandshakeError::UpstreamTimeout)) => {
                 tracing::warn!(upstream = %member, error = %e, "upstream handshake failed");
-                metrics.upstream_connect("error");
+                metrics.upstream_connect(hold::connect_result(&e));
                 pool.mark_failed(member.addr);
                 last = Some(e);
             }
