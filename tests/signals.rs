@@ -15,6 +15,18 @@ struct Running {
     child: Child,
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// Every stderr line after the listening line, when started with `start_capturing`.
+    captured: Option<tokio::task::JoinHandle<String>>,
+}
+
+impl Running {
+    /// The captured log lines (once the process has exited).
+    async fn logs(&mut self) -> String {
+        match self.captured.take() {
+            Some(task) => within("the log reader", task).await.unwrap(),
+            None => String::new(),
+        }
+    }
 }
 
 fn signal(child: &Child, name: &str) {
@@ -28,6 +40,15 @@ fn signal(child: &Child, name: &str) {
 
 /// Starts the binary on `config` and reads its addresses from the `holdfast listening` line.
 async fn start(config: &std::path::Path) -> Running {
+    start_with(config, false).await
+}
+
+/// Like `start`, keeping every later log line for `Running::logs`.
+async fn start_capturing(config: &std::path::Path) -> Running {
+    start_with(config, true).await
+}
+
+async fn start_with(config: &std::path::Path, capture: bool) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
     cmd.args(["--config", config.to_str().unwrap(), "--log-format", "json"])
         .stderr(Stdio::piped())
@@ -54,11 +75,21 @@ async fn start(config: &std::path::Path) -> Running {
     })
     .await;
     // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let reader = tokio::spawn(async move {
+        let mut kept = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if capture {
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        }
+        kept
+    });
     Running {
         child,
         proxy,
         admin,
+        captured: Some(reader),
     }
 }
 
@@ -203,5 +234,51 @@ async fn secrets_never_reach_the_logs() {
     assert!(
         rest.contains("session ended"),
         "the session was logged:\n{rest}"
+    );
+}
+
+#[tokio::test]
+async fn a_storm_of_bad_connections_logs_nothing_at_warn_or_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = UpstreamBuilder::new().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    write_config(&path, &upstream, "");
+    let mut running = start_capturing(&path).await;
+    // Garbage, truncated requests, bad upgrades and plain hang-ups, 50 of each.
+    for i in 0..200 {
+        let mut tcp = tokio::net::TcpStream::connect(running.proxy).await.unwrap();
+        let bytes: &[u8] = match i % 4 {
+            0 => b"\x16\x03\x01\x00\xffgarbage\r\n\r\n",
+            1 => b"GET / HTTP/1.1\r\nHost: x\r\n",
+            2 => b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            _ => b"",
+        };
+        let _ = tcp.write_all(bytes).await;
+        if i % 2 == 0 {
+            // Garbage and bad upgrades get an answer (or a close); truncated heads and
+            // silent connections are simply abandoned.
+            let mut sink = Vec::new();
+            let _ = within("an answer or a close", tcp.read_to_end(&mut sink)).await;
+        }
+    }
+    let mut ws = client(running.proxy).await;
+    send_text(&mut ws, "still serving").await;
+    assert_eq!(
+        next_message(&mut ws).await.to_text().unwrap(),
+        "still serving"
+    );
+    drop(ws);
+    signal(&running.child, "TERM");
+    let _ = within("exit", running.child.wait()).await;
+    let logs = running.logs().await;
+    let loud: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "warnings or errors for bad connections:\n{}",
+        loud.join("\n")
     );
 }
