@@ -699,12 +699,18 @@ async fn send_within<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut send = std::pin::pin!(socket.send(message));
+    // Almost every send completes at once: only a send that has to wait arms the timer (a
+    // timer per message would cost a timer-wheel update on the hot path).
+    if let std::task::Poll::Ready(result) = futures_util::poll!(send.as_mut()) {
+        return result.map_err(Some);
+    }
     match stall {
-        Some(limit) => match tokio::time::timeout(limit, socket.send(message)).await {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(result) => result.map_err(Some),
             Err(_) => Err(None),
         },
-        None => socket.send(message).await.map_err(Some),
+        None => send.await.map_err(Some),
     }
 }
 
