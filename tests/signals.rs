@@ -40,20 +40,28 @@ fn signal(child: &Child, name: &str) {
 
 /// Starts the binary on `config` and reads its addresses from the `holdfast listening` line.
 async fn start(config: &std::path::Path) -> Running {
-    start_with(config, false).await
+    start_with(config, "info", false).await
 }
 
-/// Like `start`, keeping every later log line for `Running::logs`.
-async fn start_capturing(config: &std::path::Path) -> Running {
-    start_with(config, true).await
+/// Like `start`, at `level`, keeping every later log line for `Running::logs`.
+async fn start_capturing(config: &std::path::Path, level: &str) -> Running {
+    start_with(config, level, true).await
 }
 
-async fn start_with(config: &std::path::Path, capture: bool) -> Running {
+async fn start_with(config: &std::path::Path, level: &str, capture: bool) -> Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    cmd.args(["--config", config.to_str().unwrap(), "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
+    let path = config.to_str().unwrap();
+    cmd.args([
+        "--config",
+        path,
+        "--log-format",
+        "json",
+        "--log-level",
+        level,
+    ])
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .kill_on_drop(true);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOLDFAST_")) {
         cmd.env_remove(k);
     }
@@ -174,40 +182,13 @@ async fn sighup_reloads_the_file_into_live_sessions() {
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    use tokio::io::AsyncReadExt;
     let upstream = UpstreamBuilder::new().start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     write_config(&path, &upstream, "");
     // Debug level: the most holdfast ever says.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    cmd.args([
-        "--config",
-        path.to_str().unwrap(),
-        "--log-format",
-        "json",
-        "--log-level",
-        "debug",
-    ])
-    .stderr(Stdio::piped())
-    .stdout(Stdio::null())
-    .kill_on_drop(true);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOLDFAST_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(&mut stderr).lines();
-    let proxy: SocketAddr = within("the listening line", async {
-        loop {
-            let line = lines.next_line().await.unwrap().unwrap();
-            if line.contains("holdfast listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                return v["address"].as_str().unwrap().parse().unwrap();
-            }
-        }
-    })
-    .await;
+    let mut running = start_capturing(&path, "debug").await;
+    let proxy = running.proxy;
     let mut request = format!("ws://{proxy}/?access_token=QUERYSECRET")
         .into_client_request()
         .unwrap();
@@ -221,10 +202,9 @@ async fn secrets_never_reach_the_logs() {
     send_text(&mut ws, "hello").await;
     assert_eq!(next_message(&mut ws).await.to_text().unwrap(), "hello");
     drop(ws);
-    signal(&child, "TERM");
-    let _ = within("exit", child.wait()).await;
-    let mut rest = String::new();
-    let _ = lines.into_inner().read_to_string(&mut rest).await;
+    signal(&running.child, "TERM");
+    let _ = within("exit", running.child.wait()).await;
+    let rest = running.logs().await;
     for secret in ["QUERYSECRET", "HEADERSECRET", "COOKIESECRET"] {
         assert!(
             !rest.contains(secret),
@@ -244,7 +224,7 @@ async fn a_storm_of_bad_connections_logs_nothing_at_warn_or_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.toml");
     write_config(&path, &upstream, "");
-    let mut running = start_capturing(&path).await;
+    let mut running = start_capturing(&path, "info").await;
     // Garbage, truncated requests, bad upgrades and plain hang-ups, 50 of each.
     for i in 0..200 {
         let mut tcp = tokio::net::TcpStream::connect(running.proxy).await.unwrap();
