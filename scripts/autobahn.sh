@@ -33,6 +33,15 @@ cargo build --release --bins --quiet
 out="$PWD/target/autobahn"
 rm -rf "$out" && mkdir -p "$out"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits (up to 10 s each) until something listens on each loopback port given.
+wait_listening() {
+  for port in "$@"; do
+    for _ in $(seq 1 100); do
+      python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+}
 echo_port=$(free_port)
 proxy_port=$(free_port)
 
@@ -54,12 +63,7 @@ TOML
 target/release/holdfast --config "$out/proxy.toml" --log-level warn 2> "$out/holdfast.log" &
 proxy_pid=$!
 trap 'kill $echo_pid $proxy_pid 2>/dev/null || true' EXIT
-for port in "$echo_port" "$proxy_port"; do
-  for _ in $(seq 1 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
-    sleep 0.1
-  done
-done
+wait_listening "$echo_port" "$proxy_port"
 
 cat > "$out/fuzzingclient.json" <<JSON
 {
@@ -96,12 +100,7 @@ sed -e "s/$proxy_port/$proxy2_port/" -e "s/$echo_port/$server_port/" "$out/proxy
 target/release/holdfast --config "$out/proxy2.toml" --log-level warn 2> "$out/holdfast2.log" &
 proxy2_pid=$!
 trap 'kill $echo_pid $proxy_pid $server_pid $proxy2_pid 2>/dev/null || true' EXIT
-for port in "$server_port" "$proxy2_port"; do
-  for _ in $(seq 1 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
-    sleep 0.1
-  done
-done
+wait_listening "$server_port" "$proxy2_port"
 target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$server_port" --agent direct
 target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$proxy2_port" --agent holdfast
 

@@ -98,7 +98,7 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
     }
     // hyper bounds what it buffers (`max_buf_size`) but lets a head somewhat over the limit
     // through; the limit itself is enforced here.
-    let head: usize = req.uri().to_string().len()
+    let head: usize = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req
             .headers()
             .iter()
