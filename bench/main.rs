@@ -40,6 +40,12 @@ struct Cli {
     /// Leave nginx out even if it is installed.
     #[arg(long)]
     no_nginx: bool,
+    /// Message sizes for the throughput runs (a quicker look: `--sizes 64`).
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 64 * 1024])]
+    sizes: Vec<usize>,
+    /// Only the throughput runs: no memory or resume measurements.
+    #[arg(long)]
+    throughput_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -114,7 +120,7 @@ async fn run(cli: Cli) {
             targets.push(("nginx", n.addr, Some(n)));
         }
         targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
-        for size in [64usize, 64 * 1024] {
+        for &size in &cli.sizes {
             for round in 0..cli.rounds {
                 for (name, addr, proc_) in &targets {
                     let cpu_before = proc_.map(|p| procs::cpu_seconds(p.pid())).unwrap_or(0.0);
@@ -150,6 +156,9 @@ async fn run(cli: Cli) {
         proxies.push("nginx");
     }
     proxies.push("holdfast");
+    if cli.throughput_only {
+        proxies.clear();
+    }
     for name in &proxies {
         let proxy = start(name, &dir, echo_addr);
         memory.insert(name, measure_memory(&proxy, cli.sessions).await);
@@ -279,8 +288,13 @@ fn print_table(
             "—".into()
         }
     };
-    for size in [64usize, 64 * 1024] {
-        let label = if size == 64 { "64 B" } else { "64 KiB" };
+    for &size in &cli.sizes {
+        let label = match size {
+            64 => "64 B".to_owned(),
+            65536 => "64 KiB".to_owned(),
+            n => format!("{n} B"),
+        };
+        let label = label.as_str();
         let get = |n: &str| results.get(&(size, n.to_owned()));
         let rate = |n: &str| get(n).map_or(0.0, |t| t.echoes as f64 / t.seconds);
         let pct = |n: &str, p: f64| {

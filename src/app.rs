@@ -36,7 +36,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// WebSocket sessions open right now (the `holdfast_sessions_active` gauge's value).
     pub sessions: AtomicUsize,
-    /// Set when a session gave buffers back; the trimmer returns the memory to the system.
+    /// Set when a session relayed a large message; once they stop, the trimmer returns the
+    /// freed memory to the system.
     pub memory_freed: AtomicBool,
 }
 
@@ -142,9 +143,14 @@ impl App {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(1));
+                let mut trim_due = false;
                 for tick in 0u64.. {
                     every.tick().await;
+                    // Trim once large messages have stopped for a second: under sustained
+                    // large traffic the allocator keeps what it reuses.
                     if shared.memory_freed.swap(false, Ordering::Relaxed) {
+                        trim_due = true;
+                    } else if std::mem::take(&mut trim_due) {
                         // Off the async threads: trimming walks the allocator's arenas.
                         let _ = tokio::task::spawn_blocking(return_freed_memory).await;
                     }

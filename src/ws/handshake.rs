@@ -9,7 +9,6 @@ use http::{Method, Request, Response, StatusCode};
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::UpstreamWs;
 use crate::config::Endpoint;
@@ -311,17 +310,23 @@ impl UpstreamSocket {
 pub async fn upstream_handshake(
     request: Request<()>,
     io: UpstreamIo,
-    config: WebSocketConfig,
+    limits: super::conn::Limits,
     timeout: std::time::Duration,
 ) -> Result<UpstreamSocket, HandshakeError> {
     use tokio_tungstenite::tungstenite::Error;
-    let gated = super::gate::FrameGate::http_then_frames(io);
-    let handshake = tokio_tungstenite::client_async_with_config(request, gated, Some(config));
+    let gated = super::gate::HeadGate::new(io);
+    let handshake = tokio_tungstenite::client_async(request, gated);
     let Ok(result) = tokio::time::timeout(timeout, handshake).await else {
         return Err(HandshakeError::UpstreamTimeout);
     };
     match result {
-        Ok((socket, response)) => Ok(UpstreamSocket { socket, response }),
+        Ok((socket, response)) => {
+            // tungstenite read exactly the head: what the upstream sent after it is in
+            // the gate.
+            let (io, rest) = socket.into_inner().into_parts();
+            let socket = super::conn::WsConn::new(io, super::frame::Role::Client, limits, &rest);
+            Ok(UpstreamSocket { socket, response })
+        }
         Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),
         Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),
         Err(other) => Err(HandshakeError::UpstreamProtocol(other.to_string())),

@@ -178,7 +178,7 @@ async fn try_resume(
     let handshake = handshake::upstream_handshake(
         request,
         io,
-        super::socket_config(&config.websocket),
+        super::limits(&config.websocket),
         config.upstream.connect_timeout,
     );
     match tokio::time::timeout(config.listen.handshake_timeout, handshake).await {

@@ -3,6 +3,8 @@
 //! restarts), `close` (the close-code pipeline, pure).
 
 pub mod close;
+pub mod conn;
+pub mod frame;
 pub mod gate;
 pub mod handshake;
 pub mod hold;
@@ -19,8 +21,6 @@ use tokio_util::either::Either;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::app::Shared;
 use crate::config::{self, Config};
@@ -53,18 +53,15 @@ fn client_io(upgraded: Upgraded) -> (ClientIo, Bytes) {
     }
 }
 
-/// An upstream WebSocket: tungstenite over a `FrameGate` over TCP or TLS.
-pub type UpstreamWs = WebSocketStream<gate::FrameGate<upstream::UpstreamIo>>;
+/// An upstream WebSocket connection, over TCP or TLS.
+pub type UpstreamWs = conn::WsConn<upstream::UpstreamIo>;
 
-/// tungstenite buffers sized for many mostly idle sessions: a 4 KiB read buffer (grown only
-/// while a larger frame is being read) and no write buffer (each frame is written straight
-/// through). Defaults would cost ~274 KB per proxied session (see docs/LIFECYCLE.md).
-pub fn socket_config(ws: &config::WebSocket) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(ws.max_message_size))
-        .max_frame_size(Some(ws.max_frame_size))
+/// What a peer may send (`websocket.max_message_size`, `websocket.max_frame_size`).
+pub fn limits(ws: &config::WebSocket) -> conn::Limits {
+    conn::Limits {
+        max_message: ws.max_message_size,
+        max_frame: ws.max_frame_size,
+    }
 }
 
 fn new_session_id() -> String {
@@ -96,9 +93,7 @@ pub async fn open_upstream(
             }
         };
         let timeout = config.upstream.connect_timeout;
-        match handshake::upstream_handshake(request, io, socket_config(&config.websocket), timeout)
-            .await
-        {
+        match handshake::upstream_handshake(request, io, limits(&config.websocket), timeout).await {
             Err(e @ (HandshakeError::UpstreamProtocol(_) | HandshakeError::UpstreamTimeout)) => {
                 tracing::warn!(upstream = %member, error = %e, "upstream handshake failed");
                 metrics.upstream_connect(hold::connect_result(&e));
@@ -192,7 +187,7 @@ pub async fn accept(
     };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = socket_config(&config.websocket);
+    let limits = limits(&config.websocket);
     let shutdown = shared.shutdown.child_token();
     let shared_for_session = shared.clone();
     shared.tracker.spawn(async move {
@@ -208,12 +203,9 @@ pub async fn accept(
                 return;
             }
         };
-        let gated = {
-            // `already_read` shares hyper's whole read buffer: copy what is in it, let it go.
-            let (io, already_read) = client_io(upgraded);
-            gate::FrameGate::frames_after(io, &already_read)
-        };
-        let client = WebSocketStream::from_raw_socket(gated, Role::Server, Some(ws_config)).await;
+        // `already_read` shares hyper's whole read buffer: `new` copies what is in it.
+        let (io, already_read) = client_io(upgraded);
+        let client = conn::WsConn::new(io, frame::Role::Server, limits, &already_read);
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
         session.run(upstream).await;

@@ -14,7 +14,6 @@ use http::HeaderValue;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,7 +25,7 @@ use super::close::{
     self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
     UpstreamDecision, UpstreamEnd, WireClose,
 };
-use super::gate::FrameGate;
+use super::conn::WsConn;
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use crate::app::Shared;
@@ -34,17 +33,13 @@ use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::upstream::Member;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Messages at least this large grow tungstenite's buffers enough to be worth giving back.
-pub const COMPACT_AFTER: usize = 16 * 1024;
-
-/// How long after the last large message the buffers are rebuilt: sustained large traffic
-/// keeps its buffers, a session that goes quiet gives them back.
-pub const COMPACT_DELAY: Duration = Duration::from_millis(500);
+/// Messages at least this large leave memory the allocator should give back to the system
+/// once they are gone (`Shared::memory_freed`).
+pub const LARGE_MESSAGE: usize = 16 * 1024;
 
 /// How a peer failed, read off a tungstenite error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +107,6 @@ enum Ending {
     GaveUp,
     /// One of holdfast's own policies closes the session with 1008.
     Policy(ProxyPolicy),
-    /// Not an end: the session is quiet after a large message; rebuild the socket buffers
-    /// and relay on.
-    Compact,
 }
 
 /// Counters for the session-end log line (and metrics).
@@ -151,8 +143,7 @@ pub struct Opened {
 pub struct Session<C> {
     pub(super) id: String,
     pub(super) peer: SocketAddr,
-    /// Always `Some`, except for the instant `Session::compact` rebuilds it.
-    client: Option<WebSocketStream<FrameGate<C>>>,
+    client: WsConn<C>,
     /// How to open the upstream again, the same way as the first time.
     pub(super) template: Arc<UpstreamTemplate>,
     pub(super) shared: Arc<Shared>,
@@ -179,9 +170,6 @@ pub struct Session<C> {
     bucket_limit: RateLimit,
     /// When the handshake's token expires.
     pub(super) expires_at: Option<Instant>,
-    /// A message of `COMPACT_AFTER` bytes or more went through: rebuild the sockets' buffers
-    /// once the session is quiet (`COMPACT_DELAY`).
-    compact_due: bool,
 }
 
 /// A deadline that never comes, for timers that are off.
@@ -202,7 +190,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     pub fn new(
-        client: WebSocketStream<FrameGate<C>>,
+        client: WsConn<C>,
         opened: Opened,
         peer: SocketAddr,
         shared: Arc<Shared>,
@@ -216,7 +204,7 @@ where
         Self {
             id: opened.template.session_id.clone(),
             peer,
-            client: Some(client),
+            client,
             template: opened.template,
             shared,
             shutdown,
@@ -235,7 +223,6 @@ where
             bucket: TokenBucket::new(rate_limit, now),
             bucket_limit: rate_limit,
             expires_at: opened.expires_in.map(|d| now + d),
-            compact_due: false,
         }
     }
 
@@ -250,10 +237,6 @@ where
         let _active = ActiveSession::new(self.shared.clone());
         let report = loop {
             let ending = self.relay(&mut upstream).await;
-            if let Ending::Compact = ending {
-                upstream = self.compact(upstream).await;
-                continue;
-            }
             if let Ending::Upstream(end) = &ending
                 && self.should_hold(end)
             {
@@ -325,46 +308,9 @@ where
         }
     }
 
-    /// The client socket (present at every point but inside `compact`).
-    pub(super) fn client(&mut self) -> &mut WebSocketStream<FrameGate<C>> {
-        self.client
-            .as_mut()
-            .expect("the client socket is only absent inside compact")
-    }
-
-    /// Gives back the buffers a large message grew: tungstenite keeps its read buffer at the
-    /// largest frame it read and its write buffer at the largest frame it wrote, for the
-    /// life of the socket. Each socket whose `FrameGate` is at a message boundary gets fresh
-    /// tungstenite state over the same connection; one that is mid-message is left for the
-    /// next quiet moment.
-    async fn compact(&mut self, mut upstream: UpstreamWs) -> UpstreamWs {
-        let config = super::socket_config(&self.shared.config.load().websocket);
-        let mut all_done = true;
-        // A queued pong must not be lost with the old state.
-        let _ = upstream.flush().await;
-        if upstream.get_ref().at_message_boundary() {
-            upstream =
-                WebSocketStream::from_raw_socket(upstream.into_inner(), Role::Client, Some(config))
-                    .await;
-            self.shared.metrics.socket_compacted();
-        } else {
-            all_done = false;
-        }
-        let mut client = self.client.take().expect("the client socket is present");
-        let _ = client.flush().await;
-        if client.get_ref().at_message_boundary() {
-            client =
-                WebSocketStream::from_raw_socket(client.into_inner(), Role::Server, Some(config))
-                    .await;
-            self.shared.metrics.socket_compacted();
-        } else {
-            all_done = false;
-        }
-        self.client = Some(client);
-        self.compact_due = !all_done;
-        self.shared.memory_freed.store(true, Ordering::Relaxed);
-        tracing::debug!(session = %self.id, complete = all_done, "socket buffers rebuilt after a large message");
-        upstream
+    /// The client socket.
+    pub(super) fn client(&mut self) -> &mut WsConn<C> {
+        &mut self.client
     }
 
     /// Numbers a client data message and records it if it is among the first `replay_first`.
@@ -397,12 +343,6 @@ where
         tokio::pin!(idle);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or_else(far_future));
         tokio::pin!(expiry);
-        let compact = tokio::time::sleep_until(if self.compact_due {
-            Instant::now() + COMPACT_DELAY
-        } else {
-            far_future()
-        });
-        tokio::pin!(compact);
         // Created once: a fresh `cancelled()` per iteration would register with the token's
         // notifier on every message.
         let shutdown = self.shutdown.clone();
@@ -437,9 +377,8 @@ where
                                 self.stats.messages_to_upstream += 1;
                                 self.stats.bytes_to_upstream += len as u64;
                                 self.shared.metrics.message(Direction::ToUpstream, len);
-                                if len >= COMPACT_AFTER {
-                                    self.compact_due = true;
-                                    compact.as_mut().reset(Instant::now() + COMPACT_DELAY);
+                                if len >= LARGE_MESSAGE {
+                                    self.shared.memory_freed.store(true, Ordering::Relaxed);
                                 }
                             }
                         }
@@ -462,9 +401,8 @@ where
                                 self.stats.messages_to_client += 1;
                                 self.stats.bytes_to_client += len as u64;
                                 self.shared.metrics.message(Direction::ToClient, len);
-                                if len >= COMPACT_AFTER {
-                                    self.compact_due = true;
-                                    compact.as_mut().reset(Instant::now() + COMPACT_DELAY);
+                                if len >= LARGE_MESSAGE {
+                                    self.shared.memory_freed.store(true, Ordering::Relaxed);
                                 }
                             }
                         }
@@ -489,7 +427,6 @@ where
                     }
                 }
                 _ = &mut expiry, if self.expires_at.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
-                _ = &mut compact, if self.compact_due => return Ending::Compact,
                 _ = &mut idle, if idle_after.is_some() => {
                     let deadline = self.last_data + idle_after.unwrap_or_default();
                     if deadline <= Instant::now() {
@@ -592,9 +529,6 @@ where
                 ))],
                 own(GOING_AWAY, "proxy shutting down"),
             ),
-            Ending::Compact => {
-                unreachable!("`run` compacts and relays on; it never finishes on Compact")
-            }
             Ending::GaveUp => (
                 vec![close_message(close::to_wire(
                     config.restart.give_up.clone(),
@@ -618,7 +552,7 @@ where
         let metrics = &self.shared.metrics;
         match (upstream, faulty) {
             (Some(mut upstream), Some(Direction::ToClient)) => {
-                let client = self.client.as_mut().expect("the client socket is present");
+                let client = &mut self.client;
                 close_relaying(
                     &mut upstream,
                     to_upstream,
@@ -630,7 +564,7 @@ where
                 complete_close(client, to_client).await;
             }
             (Some(mut upstream), Some(Direction::ToUpstream)) => {
-                let client = self.client.as_mut().expect("the client socket is present");
+                let client = &mut self.client;
                 close_relaying(
                     client,
                     to_client,
@@ -657,9 +591,9 @@ where
 /// `CLOSE_TIMEOUT`), relays the data it still sends to `other` (`direction`): answers to
 /// messages sent before the other side's fault arrive before that side's verdict.
 async fn close_relaying<A, B>(
-    closing: &mut WebSocketStream<A>,
+    closing: &mut WsConn<A>,
     messages: Vec<Message>,
-    other: &mut WebSocketStream<B>,
+    other: &mut WsConn<B>,
     direction: Direction,
     metrics: &crate::metrics::Metrics,
 ) where
@@ -692,7 +626,7 @@ async fn close_relaying<A, B>(
 /// that long has stopped reading. Without keepalive (`None`) a send waits as long as the
 /// peer does — backpressure, memory stays bounded either way.
 async fn send_within<S>(
-    socket: &mut WebSocketStream<S>,
+    socket: &mut WsConn<S>,
     message: Message,
     stall: Option<Duration>,
 ) -> Result<(), Option<WsError>>
@@ -744,7 +678,7 @@ impl Drop for ActiveSession {
 /// Sends `messages` (the close frame last; none: only flush a close reply tungstenite
 /// queued), then reads until the peer's close reply or EOF, bounded by `CLOSE_TIMEOUT`;
 /// then shuts the transport down (a TLS close_notify over TLS).
-pub(super) async fn complete_close<S>(socket: &mut WebSocketStream<S>, messages: Vec<Message>)
+pub(super) async fn complete_close<S>(socket: &mut WsConn<S>, messages: Vec<Message>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
