@@ -226,13 +226,16 @@ pub fn add_forwarded(
     }
 }
 
-/// Everything needed to (re)open the upstream WebSocket the same way each time.
+/// Everything needed to (re)open the upstream WebSocket the same way each time. Kept for
+/// the life of every session, so it is stored compactly: the headers as one block of
+/// `name:value\n` lines (a `HeaderMap` of them would cost several times as much, and its
+/// values would share — and keep alive — the buffer hyper read the request into).
 #[derive(Debug, Clone)]
 pub struct UpstreamTemplate {
     pub session_id: String,
     pub path_and_query: String,
     /// End-to-end client headers plus `X-Forwarded-*` and `X-Holdfast-Session`.
-    pub headers: HeaderMap,
+    header_lines: Box<[u8]>,
 }
 
 impl UpstreamTemplate {
@@ -260,14 +263,40 @@ impl UpstreamTemplate {
             X_HOLDFAST_SESSION,
             HeaderValue::from_str(session_id).expect("session ids are hex"),
         );
+        let mut lines = Vec::new();
+        for (name, value) in &headers {
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.push(b':');
+            lines.extend_from_slice(value.as_bytes());
+            lines.push(b'\n');
+        }
         Self {
             session_id: session_id.to_owned(),
             path_and_query: uri
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .to_owned(),
-            headers,
+            header_lines: lines.into_boxed_slice(),
         }
+    }
+
+    /// The headers sent to the upstream (those of `request` but `X-Holdfast-Resume`).
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in self.header_lines.split(|b| *b == b'\n') {
+            // Every line was a valid name and value when it was stored; a header value
+            // never contains a newline.
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_bytes(&line[colon + 1..]),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
     }
 
     /// The client request for `endpoint`; `resume` > 0 adds `X-Holdfast-Resume`.
@@ -277,18 +306,13 @@ impl UpstreamTemplate {
             .into_client_request()
             .map_err(|_| HandshakeError::BadRequest("request target cannot be forwarded"))?;
         let headers = request.headers_mut();
-        for (name, value) in &self.headers {
+        for (name, value) in &self.headers() {
             headers.append(name.clone(), value.clone());
         }
         if resume > 0 {
             headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
         }
         Ok(request)
-    }
-
-    /// The subprotocols the client offered, if any.
-    pub fn offered_protocols(&self) -> Option<&HeaderValue> {
-        self.headers.get(header::SEC_WEBSOCKET_PROTOCOL)
     }
 }
 
@@ -457,7 +481,7 @@ mod tests {
         let uri: http::Uri = "/chat?room=1".parse().unwrap();
         let t = UpstreamTemplate::new(&uri, &h, "127.0.0.1:5555".parse().unwrap(), false, "abc123");
         assert_eq!(t.path_and_query, "/chat?room=1");
-        let out = &t.headers;
+        let out = &t.headers();
         assert_eq!(out["cookie"], "a=1");
         assert_eq!(out["authorization"], "Bearer x");
         assert_eq!(out["sec-websocket-protocol"], "chat, superchat");

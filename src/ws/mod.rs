@@ -203,9 +203,12 @@ pub async fn accept(
                 return;
             }
         };
-        // `already_read` shares hyper's whole read buffer: `new` copies what is in it.
-        let (io, already_read) = client_io(upgraded);
-        let client = conn::WsConn::new(io, frame::Role::Server, limits, &already_read);
+        let client = {
+            // `already_read` shares hyper's whole read buffer: `new` copies what is in it,
+            // and the buffer goes before the session starts.
+            let (io, already_read) = client_io(upgraded);
+            conn::WsConn::new(io, frame::Role::Server, limits, &already_read)
+        };
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
         session.run(upstream).await;
