@@ -361,10 +361,15 @@ fn print_table(
             .get(n)
             .map_or(0.0, |m| if i == 0 { m.0 } else { m.1 })
     };
-    for (i, what) in [
-        (0, "RSS / idle session"),
-        (1, "RSS / session after a 256 KiB echo"),
-    ] {
+    let memory_rows: &[(usize, &str)] = if memory.is_empty() {
+        &[]
+    } else {
+        &[
+            (0, "RSS / idle session"),
+            (1, "RSS / session after a 256 KiB echo"),
+        ]
+    };
+    for &(i, what) in memory_rows {
         let cells: Vec<String> = names
             .iter()
             .map(|n| {
@@ -385,6 +390,9 @@ fn print_table(
             cli.sessions,
             cells.join(" | ")
         );
+    }
+    if resume.is_empty() {
+        return;
     }
     let cells: Vec<String> = names
         .iter()

@@ -29,8 +29,6 @@ pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
 pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "holdfast_config_reloads_total";
-/// Beyond SPEC §4: sockets whose buffers were rebuilt after a large message.
-pub const SOCKET_COMPACTIONS_TOTAL: &str = "holdfast_socket_compactions_total";
 
 const HOLD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0];
 
@@ -230,11 +228,6 @@ impl Metrics {
         .increment(1);
     }
 
-    pub fn socket_compacted(&self) {
-        self.counter(SOCKET_COMPACTIONS_TOTAL, Vec::new())
-            .increment(1);
-    }
-
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.counter(CONFIG_RELOADS_TOTAL, vec![("result", result.into())])
@@ -309,11 +302,6 @@ fn describe(recorder: &PrometheusRecorder) {
             CONFIG_RELOADS_TOTAL,
             None,
             "Configuration reloads (SIGHUP), by result.",
-        ),
-        (
-            SOCKET_COMPACTIONS_TOTAL,
-            None,
-            "Sockets whose buffers were given back after a large message.",
         ),
     ];
     for (name, unit, text) in help {
