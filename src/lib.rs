@@ -9,7 +9,7 @@
 //! * `listener` — accept loop, `max_connections`, TLS handshake
 //! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
 //! * `forward`  — plain HTTP passthrough to the upstream
-//! * `ws`       — handshake, the session task, the close-code pipeline
+//! * `ws`       — handshake, the session task, the close-code pipeline, the frame codec
 //! * `policy`   — 1008 context (catalog, JSON builder), rate limit, token expiry
 //! * `upstream` — endpoint pool, resolution, dial (TCP + TLS)
 //! * `tls`      — rustls configs for both hops

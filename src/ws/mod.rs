@@ -1,6 +1,7 @@
 //! The WebSocket side of the proxy: `handshake` (validate, dial upstream, 101),
 //! `session` (the session task: relaying and closing), `hold` (holding across upstream
-//! restarts), `close` (the close-code pipeline, pure).
+//! restarts), `close` (the close-code pipeline, pure), `frame` (the frame format, pure),
+//! `conn` (a WebSocket connection over it), `gate` (the upstream handshake's head).
 
 pub mod close;
 pub mod conn;
