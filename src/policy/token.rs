@@ -102,16 +102,7 @@ pub(crate) fn make_jwt(claims: &str) -> String {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::ws::handshake::header_map as headers;
 
     #[test]
     fn tokens_are_found_where_configured() {

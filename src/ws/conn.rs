@@ -175,12 +175,12 @@ impl<S> WsConn<S> {
     }
 
     /// Queues `message` (tungstenite's rules: nothing after our close frame; a second close
-    /// is a no-op).
-    fn send_message(&mut self, message: Message) -> Result<(), WsError> {
+    /// is a no-op). The frame is encoded from the reference: the caller keeps the message.
+    fn send_message(&mut self, message: &Message) -> Result<(), WsError> {
         if self.state == State::Terminated {
             return Err(WsError::AlreadyClosed);
         }
-        if let Message::Close(frame) = &message {
+        if let Message::Close(frame) = message {
             if self.state == State::Active {
                 self.state = State::ClosedByUs;
                 self.queue_close(frame.as_ref());
@@ -190,7 +190,7 @@ impl<S> WsConn<S> {
         if self.state != State::Active {
             return Err(WsError::Protocol(ProtocolError::SendAfterClosing));
         }
-        match &message {
+        match message {
             Message::Text(t) => self.queue(TEXT, t.as_bytes()),
             Message::Binary(b) => self.queue(BINARY, b),
             Message::Ping(b) => self.queue(PING, b),
@@ -447,6 +447,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), WsError> {
         self.send(Message::Close(frame)).await
     }
+
+    /// `SinkExt::feed` for a message the caller keeps (to deliver again after a failure):
+    /// queues it, first writing what is queued if over `OUT_HIGH_WATER`.
+    pub async fn feed_ref(&mut self, message: &Message) -> Result<(), WsError> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_ready(cx)).await?;
+        self.send_message(message)
+    }
+
+    /// `SinkExt::send` for a message the caller keeps.
+    pub async fn send_ref(&mut self, message: &Message) -> Result<(), WsError> {
+        self.feed_ref(message).await?;
+        self.flush().await
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsConn<S> {
@@ -483,7 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsConn<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
-        self.get_mut().send_message(message)
+        self.get_mut().send_message(&message)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {

@@ -283,6 +283,11 @@ impl UpstreamTemplate {
     /// The headers sent to the upstream (those of `request` but `X-Holdfast-Resume`).
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
+        self.append_headers(&mut headers);
+        headers
+    }
+
+    fn append_headers(&self, to: &mut HeaderMap) {
         for line in self.header_lines.split(|b| *b == b'\n') {
             // Every line was a valid name and value when it was stored; a header value
             // never contains a newline.
@@ -293,10 +298,9 @@ impl UpstreamTemplate {
                 HeaderName::from_bytes(&line[..colon]),
                 HeaderValue::from_bytes(&line[colon + 1..]),
             ) {
-                headers.append(name, value);
+                to.append(name, value);
             }
         }
-        headers
     }
 
     /// The client request for `endpoint`; `resume` > 0 adds `X-Holdfast-Resume`.
@@ -306,9 +310,7 @@ impl UpstreamTemplate {
             .into_client_request()
             .map_err(|_| HandshakeError::BadRequest("request target cannot be forwarded"))?;
         let headers = request.headers_mut();
-        for (name, value) in &self.headers() {
-            headers.append(name.clone(), value.clone());
-        }
+        self.append_headers(headers);
         if resume > 0 {
             headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
         }
@@ -386,20 +388,23 @@ pub fn switching_protocols(
     response
 }
 
+/// A header map from name/value pairs (unit tests here and in `policy::token`).
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
+    use super::header_map as headers;
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     const GOOD: &[(&str, &str)] = &[
         ("connection", "keep-alive, Upgrade"),

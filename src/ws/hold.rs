@@ -391,17 +391,14 @@ where
         buffer: &mut HoldBuffer,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         for message in &self.replay {
-            socket.feed(message.clone()).await?;
+            socket.feed_ref(message).await?;
         }
         let replayed = self.replay.len() as u64;
         while let Some((seq, message)) = buffer.front() {
             // Messages among the first `replay_first` were just replayed: exactly once.
             if *seq >= replayed {
-                let len = message.len();
-                socket.feed(message.clone()).await?;
-                self.stats.messages_to_upstream += 1;
-                self.stats.bytes_to_upstream += len as u64;
-                self.shared.metrics.message(Direction::ToUpstream, len);
+                socket.feed_ref(message).await?;
+                self.relayed(Direction::ToUpstream, message.len());
             }
             buffer.pop_delivered();
             self.shared.metrics.held_messages.decrement(1.0);

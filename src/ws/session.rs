@@ -323,6 +323,27 @@ where
         seq
     }
 
+    /// Counts a data message of `len` bytes written in `direction` (stats and metrics); a
+    /// large one tells the trimmer there will be memory to give back.
+    pub(super) fn relayed(&mut self, direction: Direction, len: usize) {
+        let (messages, bytes) = match direction {
+            Direction::ToUpstream => (
+                &mut self.stats.messages_to_upstream,
+                &mut self.stats.bytes_to_upstream,
+            ),
+            Direction::ToClient => (
+                &mut self.stats.messages_to_client,
+                &mut self.stats.bytes_to_client,
+            ),
+        };
+        *messages += 1;
+        *bytes += len as u64;
+        self.shared.metrics.message(direction, len);
+        if len >= LARGE_MESSAGE {
+            self.shared.memory_freed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The `Relaying` state: one select over both sockets, keepalive, idle and shutdown.
     async fn relay(&mut self, upstream: &mut UpstreamWs) -> Ending {
         let (ping_every, idle_after) = {
@@ -364,7 +385,7 @@ where
                                 }
                                 self.last_data = self.last_client_rx;
                                 let seq = self.record_client_message(&message);
-                                match send_within(upstream, message.clone(), stall).await {
+                                match send_within(upstream, &message, stall).await {
                                     Ok(()) => {}
                                     // Perhaps partly written: never delivered again.
                                     Err(None) => return Ending::Upstream(UpstreamEnd::Stalled),
@@ -374,12 +395,7 @@ where
                                         return Ending::Upstream(upstream_end(fault(&e)));
                                     }
                                 }
-                                self.stats.messages_to_upstream += 1;
-                                self.stats.bytes_to_upstream += len as u64;
-                                self.shared.metrics.message(Direction::ToUpstream, len);
-                                if len >= LARGE_MESSAGE {
-                                    self.shared.memory_freed.store(true, Ordering::Relaxed);
-                                }
+                                self.relayed(Direction::ToUpstream, len);
                             }
                         }
                         Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
@@ -393,17 +409,12 @@ where
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
                                 self.last_data = self.last_upstream_rx;
-                                match send_within(self.client(), message, stall).await {
+                                match send_within(self.client(), &message, stall).await {
                                     Ok(()) => {}
                                     Err(None) => return Ending::Client(ClientEnd::Stalled),
                                     Err(Some(e)) => return Ending::Client(client_end(fault(&e))),
                                 }
-                                self.stats.messages_to_client += 1;
-                                self.stats.bytes_to_client += len as u64;
-                                self.shared.metrics.message(Direction::ToClient, len);
-                                if len >= LARGE_MESSAGE {
-                                    self.shared.memory_freed.store(true, Ordering::Relaxed);
-                                }
+                                self.relayed(Direction::ToClient, len);
                             }
                         }
                         Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
@@ -627,13 +638,13 @@ async fn close_relaying<A, B>(
 /// peer does — backpressure, memory stays bounded either way.
 async fn send_within<S>(
     socket: &mut WsConn<S>,
-    message: Message,
+    message: &Message,
     stall: Option<Duration>,
 ) -> Result<(), Option<WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut send = std::pin::pin!(socket.send(message));
+    let mut send = std::pin::pin!(socket.send_ref(message));
     // Almost every send completes at once: only a send that has to wait arms the timer (a
     // timer per message would cost a timer-wheel update on the hot path).
     if let std::task::Poll::Ready(result) = futures_util::poll!(send.as_mut()) {
