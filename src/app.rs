@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::upstream::{Pool, Resolver};
+use crate::workers::Workers;
 
 /// State shared by every connection and session.
 pub struct Shared {
@@ -54,6 +55,7 @@ pub struct App {
     listener: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    workers: Option<Arc<Workers>>,
 }
 
 /// A handle on a running (or built) app, for reloads.
@@ -98,7 +100,15 @@ impl App {
             listener,
             admin,
             shared,
+            workers: None,
         })
+    }
+
+    /// Serves connections on `workers` (one runtime per thread, connections handed out in
+    /// turn) instead of on the runtime `run` is called on.
+    pub fn with_workers(mut self, workers: Arc<Workers>) -> App {
+        self.workers = Some(workers);
+        self
     }
 
     /// The address the proxy listener is bound to (the real port when configured as 0).
@@ -130,6 +140,7 @@ impl App {
             listener,
             admin,
             shared,
+            workers,
         } = self;
         let admin_stop = CancellationToken::new();
         if let Some(admin) = admin {
@@ -160,7 +171,7 @@ impl App {
                 }
             })
         };
-        let accept = crate::listener::serve(listener, shared.clone());
+        let accept = crate::listener::serve(listener, shared.clone(), workers.as_deref());
         tokio::select! {
             _ = accept => {}
             _ = shutdown => {}

@@ -7,6 +7,7 @@
 //! * `admin`    — /metrics /healthz /readyz
 //! * `metrics`  — every metric name and its typed helper
 //! * `listener` — accept loop, `max_connections`, TLS handshake
+//! * `workers`  — thread-per-core: one runtime per thread, connections handed out in turn
 //! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
 //! * `forward`  — plain HTTP passthrough to the upstream
 //! * `ws`       — handshake, the session task, the close-code pipeline, the frame codec
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod policy;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 pub mod ws;
 
 pub use app::App;

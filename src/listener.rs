@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::Shared;
 use crate::http::{self, ConnInfo};
+use crate::workers::Workers;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&Workers>) {
     let mut accept_errors = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -47,7 +48,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         let handshake_timeout = shared.config.load().listen.handshake_timeout;
-        tokio::spawn(async move {
+        let serve = move |tcp: TcpStream| async move {
             match tls {
                 None => http::serve(tcp, conn, shared).await,
                 Some(acceptor) => {
@@ -60,6 +61,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     }
                 }
             }
-        });
+        };
+        match workers {
+            Some(workers) => workers.serve(tcp, serve),
+            None => drop(tokio::spawn(serve(tcp))),
+        }
     }
 }

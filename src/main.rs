@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use holdfast::config;
+use holdfast::workers::Workers;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +29,10 @@ struct Cli {
     log_level: Option<String>,
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    /// Worker threads serving connections, each with its own runtime [default: one per
+    /// CPU].
+    #[arg(long, env = "HOLDFAST_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -96,7 +102,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Demo { .. }) => unreachable!("handled above"),
-        None => run(loaded.config, cli.config),
+        None => run(loaded.config, cli.config, cli.workers.map(usize::from)),
     }
 }
 
@@ -117,22 +123,32 @@ fn demo(serve: bool, listen: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn run(config: config::Config, path: PathBuf) -> ExitCode {
+fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCode {
     // Each session holds two sockets: use every file descriptor the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    // The accept loop, admin endpoint, signals and upkeep run on this thread; connections
+    // are served on one worker runtime per core.
+    let count = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| Ok((rt, Arc::new(Workers::start(count)?))));
+    let (runtime, workers) = match runtime {
+        Ok(pair) => pair,
         Err(e) => {
             eprintln!("holdfast: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async {
+    tracing::debug!(workers = workers.len(), "worker threads started");
+    let code = runtime.block_on(async {
         let app = match holdfast::App::build(config).await {
-            Ok(app) => app,
+            Ok(app) => app.with_workers(workers.clone()),
             Err(e) => {
                 eprintln!("holdfast: {e}");
                 return ExitCode::from(1);
@@ -148,7 +164,9 @@ fn run(config: config::Config, path: PathBuf) -> ExitCode {
         let left = app.run(shutdown_signal()).await;
         tracing::info!(sessions_left = left, "holdfast stopped");
         ExitCode::SUCCESS
-    })
+    });
+    workers.stop();
+    code
 }
 
 /// SIGHUP: re-read the config file; an invalid file keeps the running configuration.
