@@ -3,6 +3,7 @@
 //! (no process-global state), so in-process tests see only their own proxy's numbers.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{
@@ -81,10 +82,65 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     pub held_messages: Gauge,
     hold_duration: Histogram,
-    messages_to_client: Counter,
-    messages_to_upstream: Counter,
-    bytes_to_client: Counter,
-    bytes_to_upstream: Counter,
+    /// `holdfast_messages_total` and `holdfast_bytes_total` by direction, in `Traffic`'s
+    /// slot order; `render` writes the traffic sums into them.
+    traffic_series: [Counter; 4],
+    traffic: Traffic,
+}
+
+/// The per-message counters, striped: every worker thread adds to its own cache line, so
+/// the hot path never contends with another core for the same counter (two shared atomic
+/// counters bounced between the cores on every message). The sums are only needed when the
+/// metrics are rendered.
+struct Traffic {
+    stripes: Box<[Stripe]>,
+}
+
+/// One thread's counters: messages to client, bytes to client, messages to upstream, bytes
+/// to upstream. Aligned so two stripes never share a cache line (or an adjacent-line
+/// prefetch pair).
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe([AtomicU64; 4]);
+
+const STRIPES: usize = 16;
+
+impl Traffic {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    fn add(&self, direction: Direction, bytes: usize) {
+        let first = match direction {
+            Direction::ToClient => 0,
+            Direction::ToUpstream => 2,
+        };
+        let stripe = &self.stripes[stripe_index()].0;
+        stripe[first].fetch_add(1, Ordering::Relaxed);
+        stripe[first + 1].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn sums(&self) -> [u64; 4] {
+        let mut sums = [0u64; 4];
+        for stripe in &self.stripes {
+            for (sum, value) in sums.iter_mut().zip(&stripe.0) {
+                *sum += value.load(Ordering::Relaxed);
+            }
+        }
+        sums
+    }
+}
+
+/// This thread's stripe: threads are numbered in the order they first count a message.
+/// More threads than stripes share stripes, which stays correct (the adds are atomic).
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    INDEX.with(|index| *index)
 }
 
 impl Default for Metrics {
@@ -109,10 +165,13 @@ impl Metrics {
             held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
             hold_duration: recorder
                 .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
-            messages_to_client: counter(MESSAGES_TOTAL, &[("direction", "to_client")]),
-            messages_to_upstream: counter(MESSAGES_TOTAL, &[("direction", "to_upstream")]),
-            bytes_to_client: counter(BYTES_TOTAL, &[("direction", "to_client")]),
-            bytes_to_upstream: counter(BYTES_TOTAL, &[("direction", "to_upstream")]),
+            traffic_series: [
+                counter(MESSAGES_TOTAL, &[("direction", "to_client")]),
+                counter(BYTES_TOTAL, &[("direction", "to_client")]),
+                counter(MESSAGES_TOTAL, &[("direction", "to_upstream")]),
+                counter(BYTES_TOTAL, &[("direction", "to_upstream")]),
+            ],
+            traffic: Traffic::new(),
             recorder,
             handle,
         };
@@ -141,6 +200,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for (series, sum) in self.traffic_series.iter().zip(self.traffic.sums()) {
+            series.absolute(sum);
+        }
         self.handle.render()
     }
 
@@ -175,12 +237,7 @@ impl Metrics {
 
     /// One relayed (or delivered) data message.
     pub fn message(&self, direction: Direction, bytes: usize) {
-        let (messages, total) = match direction {
-            Direction::ToClient => (&self.messages_to_client, &self.bytes_to_client),
-            Direction::ToUpstream => (&self.messages_to_upstream, &self.bytes_to_upstream),
-        };
-        messages.increment(1);
-        total.increment(bytes as u64);
+        self.traffic.add(direction, bytes);
     }
 
     /// A close sent in `direction`: `sent` is the code on the wire (`None`: an empty close).
@@ -337,6 +394,47 @@ mod tests {
         for (code, label) in table {
             assert_eq!(code_label(code), label, "{code}");
         }
+    }
+
+    #[test]
+    fn traffic_counted_on_many_threads_renders_as_one_sum() {
+        let m = Metrics::new();
+        // More threads than stripes: some share a stripe.
+        std::thread::scope(|scope| {
+            for thread in 0..(STRIPES + 4) {
+                let m = &m;
+                scope.spawn(move || {
+                    for _ in 0..1000 {
+                        m.message(Direction::ToUpstream, thread);
+                    }
+                    m.message(Direction::ToClient, 1);
+                });
+            }
+        });
+        let threads = (STRIPES + 4) as u64;
+        let text = m.render();
+        for line in [
+            format!(
+                "holdfast_messages_total{{direction=\"to_upstream\"}} {}",
+                threads * 1000
+            ),
+            format!(
+                "holdfast_bytes_total{{direction=\"to_upstream\"}} {}",
+                (0..threads).sum::<u64>() * 1000
+            ),
+            format!("holdfast_messages_total{{direction=\"to_client\"}} {threads}"),
+            format!("holdfast_bytes_total{{direction=\"to_client\"}} {threads}"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        // Rendering again (more traffic in between) gives the new sums, not double counts.
+        m.message(Direction::ToClient, 1);
+        let text = m.render();
+        let line = format!(
+            "holdfast_messages_total{{direction=\"to_client\"}} {}",
+            threads + 1
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
     }
 
     #[test]

@@ -371,9 +371,11 @@ where
         tokio::pin!(cancelled);
 
         loop {
+            // Sockets first: when one is ready (nearly every wake) the branches after it are
+            // not polled at all. Shutdown still wins within one cooperative budget (a socket
+            // that stays ready starts answering pending once the task's budget is spent).
             tokio::select! {
                 biased;
-                _ = &mut cancelled => return Ending::Shutdown,
                 incoming = self.client().next() => {
                     self.last_client_rx = Instant::now();
                     match incoming {
@@ -421,6 +423,7 @@ where
                         None => return Ending::Upstream(UpstreamEnd::Vanished),
                     }
                 }
+                _ = &mut cancelled => return Ending::Shutdown,
                 _ = ping.tick(), if ping_every.is_some() => {
                     let every = ping_every.unwrap_or_default();
                     // A peer that has sent nothing (not even a pong) for two intervals is gone.
