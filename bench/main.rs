@@ -71,6 +71,8 @@ struct Throughput {
     echoes: u64,
     seconds: f64,
     cpu_seconds: f64,
+    /// Of which in user space (the rest is the kernel's TCP work and scheduling).
+    user_seconds: f64,
     latencies: Vec<u32>,
 }
 
@@ -123,7 +125,9 @@ async fn run(cli: Cli) {
         for &size in &cli.sizes {
             for round in 0..cli.rounds {
                 for (name, addr, proc_) in &targets {
-                    let cpu_before = proc_.map(|p| procs::cpu_seconds(p.pid())).unwrap_or(0.0);
+                    let cpu_before = proc_
+                        .map(|p| procs::cpu_seconds(p.pid()))
+                        .unwrap_or_default();
                     let r = load::closed_loop(
                         *addr,
                         cli.connections,
@@ -131,9 +135,9 @@ async fn run(cli: Cli) {
                         Duration::from_secs_f64(cli.seconds),
                     )
                     .await;
-                    let cpu = proc_
-                        .map(|p| procs::cpu_seconds(p.pid()) - cpu_before)
-                        .unwrap_or(0.0);
+                    let (user, system) = proc_
+                        .map(|p| procs::cpu_seconds(p.pid()))
+                        .unwrap_or_default();
                     eprintln!(
                         "  {size:>6} B round {} {name:<8} {:>8.0} echoes/s",
                         round + 1,
@@ -142,7 +146,8 @@ async fn run(cli: Cli) {
                     let t = results.entry((size, name.to_string())).or_default();
                     t.echoes += r.echoes;
                     t.seconds += r.elapsed.as_secs_f64();
-                    t.cpu_seconds += cpu;
+                    t.cpu_seconds += user + system - cpu_before.0 - cpu_before.1;
+                    t.user_seconds += user - cpu_before.0;
                     t.latencies.extend(r.latencies_us);
                 }
             }
@@ -304,15 +309,22 @@ fn print_table(
                 load::percentile(&l, p)
             })
         };
-        let cpu = |n: &str| {
+        let per_1k = |n: &str, user_only: bool| {
             get(n).map_or(0.0, |t| {
+                let seconds = if user_only {
+                    t.user_seconds
+                } else {
+                    t.cpu_seconds
+                };
                 if t.echoes > 0 {
-                    t.cpu_seconds * 1e6 / t.echoes as f64
+                    seconds * 1e6 / t.echoes as f64
                 } else {
                     0.0
                 }
             })
         };
+        let cpu = |n: &str| per_1k(n, false);
+        let user = |n: &str| per_1k(n, true);
         let nginx_or = |f: &dyn Fn(&str) -> f64| if with_nginx { f("nginx") } else { 0.0 };
         let row = |what: &str, cells: Vec<String>, vs_nginx: String, vs_direct: String| {
             println!(
@@ -353,6 +365,21 @@ fn print_table(
                 })
                 .collect(),
             ratio(cpu("holdfast"), nginx_or(&cpu)),
+            "—".into(),
+        );
+        row(
+            "… of which user space",
+            names
+                .iter()
+                .map(|n| {
+                    if *n == "direct" {
+                        "—".into()
+                    } else {
+                        format!("{:.1}", user(n))
+                    }
+                })
+                .collect(),
+            ratio(user("holdfast"), nginx_or(&user)),
             "—".into(),
         );
     }

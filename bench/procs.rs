@@ -45,17 +45,20 @@ fn family(pid: u32) -> Vec<u32> {
     pids
 }
 
-/// CPU seconds (user + system) used so far by `pid` and its children.
-pub fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds used so far by `pid` and its children: (user, system).
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
     family(pid)
         .into_iter()
         .filter_map(stat_fields)
         .map(|f| {
             // utime and stime are fields 14 and 15 (indexes 11 and 12 after the command).
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            (ticks(11) + ticks(12)) as f64 / TICKS_PER_SECOND
+            (
+                ticks(11) as f64 / TICKS_PER_SECOND,
+                ticks(12) as f64 / TICKS_PER_SECOND,
+            )
         })
-        .sum()
+        .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
 /// Resident memory in KiB of `pid` and its children.

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod handshake;
 pub mod hold;
 pub mod session;
+pub mod woken;
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ use http::HeaderValue;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -28,6 +28,7 @@ use super::close::{
 use super::conn::WsConn;
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
+use super::woken::WokenOnly;
 use crate::app::Shared;
 use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
@@ -355,20 +356,26 @@ where
         };
         // A peer that takes no data for two keepalive intervals has stopped reading.
         let stall = ping_every.map(|every| every * 2);
-        let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ping.reset();
+        // Every branch but the sockets is polled only once its own waker fired (`WokenOnly`):
+        // nearly every wake of this task is a socket, and the timers and the token take
+        // locks or atomics on each poll.
+        let ping = tokio::time::sleep(ping_every.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(ping);
+        let mut ping = WokenOnly::new(ping);
         // One timer, re-armed lazily: resetting a timer per message would cost a timer-wheel
         // update on the hot path.
         let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(idle);
+        let mut idle = WokenOnly::new(idle);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or_else(far_future));
         tokio::pin!(expiry);
+        let mut expiry = WokenOnly::new(expiry);
         // Created once: a fresh `cancelled()` per iteration would register with the token's
         // notifier on every message.
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let mut cancelled = WokenOnly::new(cancelled);
 
         loop {
             // Sockets first: when one is ready (nearly every wake) the branches after it are
@@ -424,8 +431,9 @@ where
                     }
                 }
                 _ = &mut cancelled => return Ending::Shutdown,
-                _ = ping.tick(), if ping_every.is_some() => {
+                _ = &mut ping, if ping_every.is_some() => {
                     let every = ping_every.unwrap_or_default();
+                    ping.get_mut().as_mut().reset(Instant::now() + every);
                     // A peer that has sent nothing (not even a pong) for two intervals is gone.
                     if self.last_client_rx.elapsed() > every * 2 {
                         return Ending::Client(ClientEnd::Vanished);
@@ -446,7 +454,7 @@ where
                     if deadline <= Instant::now() {
                         return Ending::Idle;
                     }
-                    idle.as_mut().reset(deadline);
+                    idle.get_mut().as_mut().reset(deadline);
                 }
             }
         }
