@@ -291,7 +291,7 @@ where
                     break HoldEnd::Policy(ProxyPolicy::TokenExpired);
                 }
                 incoming = self.client().next() => {
-                    self.last_client_rx = Instant::now();
+                    self.client_keepalive.heard();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => break HoldEnd::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) if message.is_text() || message.is_binary() => {
@@ -335,7 +335,7 @@ where
                     }
                 },
                 _ = ping.tick(), if ping_every.is_some() => {
-                    if self.last_client_rx.elapsed() > ping_every.unwrap_or_default() * 2 {
+                    if self.client_keepalive.tick() {
                         break HoldEnd::Client(ClientEnd::Vanished);
                     }
                     if let Err(e) = self.client().send(Message::Ping(Default::default())).await {

@@ -163,14 +163,49 @@ pub struct Session<C> {
     pub(super) resumes: u32,
     pub(super) holds: Vec<HoldOutcome>,
     pub(super) stats: Stats,
-    pub(super) last_client_rx: Instant,
-    last_upstream_rx: Instant,
+    pub(super) client_keepalive: Keepalive,
+    upstream_keepalive: Keepalive,
+    /// When data last went either way (kept only with `idle_timeout` on).
     last_data: Instant,
     /// `policy.rate_limit` over client data messages, and the limit it was built for.
     bucket: Option<TokenBucket>,
     bucket_limit: RateLimit,
     /// When the handshake's token expires.
     pub(super) expires_at: Option<Instant>,
+}
+
+/// Keepalive bookkeeping for one peer, counted in keepalive ticks so that receiving a
+/// message costs a flag store rather than a clock read.
+#[derive(Debug, Clone)]
+pub(super) struct Keepalive {
+    heard: bool,
+    silent_ticks: u8,
+}
+
+impl Keepalive {
+    /// A peer just connected (or the session just started relaying): counts as heard.
+    pub(super) fn new() -> Self {
+        Self {
+            heard: true,
+            silent_ticks: 0,
+        }
+    }
+
+    /// The peer sent something (data, ping, pong).
+    pub(super) fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// At a keepalive tick: true when the peer has sent nothing through two whole intervals
+    /// (heard at some point before tick k, silent at ticks k+1 and k+2).
+    pub(super) fn tick(&mut self) -> bool {
+        if std::mem::take(&mut self.heard) {
+            self.silent_ticks = 0;
+        } else {
+            self.silent_ticks = self.silent_ticks.saturating_add(1);
+        }
+        self.silent_ticks >= 2
+    }
 }
 
 /// A deadline that never comes, for timers that are off.
@@ -218,8 +253,8 @@ where
             resumes: 0,
             holds: Vec::new(),
             stats: Stats::default(),
-            last_client_rx: now,
-            last_upstream_rx: now,
+            client_keepalive: Keepalive::new(),
+            upstream_keepalive: Keepalive::new(),
             last_data: now,
             bucket: TokenBucket::new(rate_limit, now),
             bucket_limit: rate_limit,
@@ -249,7 +284,7 @@ where
                 match Box::pin(self.hold()).await {
                     HoldEnd::Resumed(new) => {
                         upstream = *new;
-                        self.last_upstream_rx = Instant::now();
+                        self.upstream_keepalive = Keepalive::new();
                         continue;
                     }
                     HoldEnd::GaveUp(_) => break Box::pin(self.finish(Ending::GaveUp, None)).await,
@@ -384,7 +419,7 @@ where
             tokio::select! {
                 biased;
                 incoming = self.client().next() => {
-                    self.last_client_rx = Instant::now();
+                    self.client_keepalive.heard();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) => {
@@ -392,7 +427,9 @@ where
                                 if let Err(fired) = self.admit() {
                                     return Ending::Policy(fired);
                                 }
-                                self.last_data = self.last_client_rx;
+                                if idle_after.is_some() {
+                                    self.last_data = Instant::now();
+                                }
                                 let seq = self.record_client_message(&message);
                                 match send_within(upstream, &message, stall).await {
                                     Ok(()) => {}
@@ -412,12 +449,14 @@ where
                     }
                 }
                 incoming = upstream.next() => {
-                    self.last_upstream_rx = Instant::now();
+                    self.upstream_keepalive.heard();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Upstream(UpstreamEnd::Closed(close_of(frame))),
                         Some(Ok(message)) => {
                             if let Some(len) = payload_len(&message) {
-                                self.last_data = self.last_upstream_rx;
+                                if idle_after.is_some() {
+                                    self.last_data = Instant::now();
+                                }
                                 match send_within(self.client(), &message, stall).await {
                                     Ok(()) => {}
                                     Err(None) => return Ending::Client(ClientEnd::Stalled),
@@ -435,10 +474,12 @@ where
                     let every = ping_every.unwrap_or_default();
                     ping.get_mut().as_mut().reset(Instant::now() + every);
                     // A peer that has sent nothing (not even a pong) for two intervals is gone.
-                    if self.last_client_rx.elapsed() > every * 2 {
+                    let (client_gone, upstream_gone) =
+                        (self.client_keepalive.tick(), self.upstream_keepalive.tick());
+                    if client_gone {
                         return Ending::Client(ClientEnd::Vanished);
                     }
-                    if self.last_upstream_rx.elapsed() > every * 2 {
+                    if upstream_gone {
                         return Ending::Upstream(UpstreamEnd::Vanished);
                     }
                     if let Err(e) = self.client().send(Message::Ping(Default::default())).await {
@@ -717,4 +758,34 @@ where
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.get_mut().shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keepalive;
+
+    #[test]
+    fn a_peer_is_gone_after_two_whole_silent_keepalive_intervals() {
+        // Never heard after the start: the start counts, so gone at the third tick.
+        let mut k = Keepalive::new();
+        assert_eq!([k.tick(), k.tick(), k.tick()], [false, false, true]);
+
+        // Heard between ticks 1 and 2: silent through 2-3 and 3-4, gone at tick 4.
+        let mut k = Keepalive::new();
+        assert!(!k.tick());
+        k.heard();
+        assert_eq!([k.tick(), k.tick(), k.tick()], [false, false, true]);
+
+        // A peer that answers every keepalive is never gone.
+        let mut k = Keepalive::new();
+        for _ in 0..1000 {
+            k.heard();
+            assert!(!k.tick());
+        }
+        // And stays gone once gone (the counter saturates instead of wrapping).
+        for _ in 0..300 {
+            k.tick();
+        }
+        assert!(k.tick());
+    }
 }
