@@ -43,6 +43,10 @@ struct Cli {
     /// Message sizes for the throughput runs (a quicker look: `--sizes 64`).
     #[arg(long, value_delimiter = ',', default_values_t = [64usize, 64 * 1024])]
     sizes: Vec<usize>,
+    /// Another holdfast binary (an earlier build) measured in the same alternation, in a
+    /// "baseline" column: how to see what one change is worth despite run-to-run noise.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// Only the throughput runs: no memory or resume measurements.
     #[arg(long)]
     throughput_only: bool,
@@ -120,6 +124,13 @@ async fn run(cli: Cli) {
         let mut targets: Vec<(&str, SocketAddr, Option<&Proc>)> = vec![("direct", echo_addr, None)];
         if let Some(n) = &nginx {
             targets.push(("nginx", n.addr, Some(n)));
+        }
+        let baseline = cli
+            .baseline
+            .as_deref()
+            .map(|b| procs::start_holdfast_binary(b, &dir, echo_addr));
+        if let Some(b) = &baseline {
+            targets.push(("baseline", b.addr, Some(b)));
         }
         targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
         for &size in &cli.sizes {
@@ -272,11 +283,14 @@ fn print_table(
     resume: &BTreeMap<&str, String>,
     with_nginx: bool,
 ) {
-    let names: Vec<&str> = if with_nginx {
+    let mut names: Vec<&str> = if with_nginx {
         vec!["direct", "nginx", "holdfast"]
     } else {
         vec!["direct", "holdfast"]
     };
+    if cli.baseline.is_some() {
+        names.insert(names.len() - 1, "baseline");
+    }
     println!();
     println!(
         "| {} conns closed loop, {} × {:.0} s alternating | {} | holdfast/nginx | holdfast/direct |",

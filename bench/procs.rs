@@ -148,13 +148,18 @@ pub fn holdfast_binary() -> PathBuf {
 /// holdfast (the release binary next to this one) in front of `upstream`, shipped defaults
 /// otherwise.
 pub fn start_holdfast(dir: &Path, upstream: SocketAddr) -> Proc {
+    start_holdfast_binary(&holdfast_binary(), dir, upstream)
+}
+
+/// Like `start_holdfast`, with another build of holdfast (`--baseline`).
+pub fn start_holdfast_binary(binary: &Path, dir: &Path, upstream: SocketAddr) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let config = dir.join("holdfast.toml");
+    let config = dir.join(format!("holdfast-{}.toml", addr.port()));
     let text = format!(
         "[listen]\naddress = \"{addr}\"\nmax_connections = 20000\n[admin]\naddress = \"\"\n[upstream]\nendpoints = [\"ws://{upstream}\"]\n"
     );
     std::fs::write(&config, text).expect("write holdfast config");
-    let child = Command::new(holdfast_binary())
+    let child = Command::new(binary)
         .args([
             "--config",
             config.to_str().expect("utf-8 path"),
