@@ -127,22 +127,36 @@ pub fn out_of_sequence(opcode: u8) -> WsError {
 
 /// Appends a final frame's header for `len` payload bytes (masked with `mask` if given).
 pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+    let (bytes, n) = header_bytes(opcode, len, mask);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// The header of a final frame as bytes: the array and how much of it is the header.
+pub fn header_bytes(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER], usize) {
+    let mut h = [0u8; MAX_HEADER];
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.push(0x80 | opcode);
-    match len {
-        0..=125 => out.push(mask_bit | len as u8),
+    h[0] = 0x80 | opcode;
+    let mut n = match len {
+        0..=125 => {
+            h[1] = mask_bit | len as u8;
+            2
+        }
         126..=0xffff => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
+            h[1] = mask_bit | 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
         }
         _ => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            h[1] = mask_bit | 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
         }
-    }
+    };
     if let Some(key) = mask {
-        out.extend_from_slice(&key);
+        h[n..n + 4].copy_from_slice(&key);
+        n += 4;
     }
+    (h, n)
 }
 
 /// XORs `data` with the masking key (masking and unmasking are the same operation), eight
