@@ -30,8 +30,8 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
     /// Worker threads serving connections, each with its own runtime [default: one per
-    /// CPU].
-    #[arg(long, env = "HOLDFAST_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// CPU available to the process].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -145,7 +145,6 @@ fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCod
             return ExitCode::from(1);
         }
     };
-    tracing::debug!(workers = workers.len(), "worker threads started");
     let code = runtime.block_on(async {
         let app = match holdfast::App::build(config).await {
             Ok(app) => app.with_workers(workers.clone()),
@@ -156,6 +155,7 @@ fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCod
         };
         tracing::info!(
             address = %app.proxy_addr(),
+            workers = workers.len(),
             admin = %app.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             config = %path.display(),
             "holdfast listening"

@@ -132,3 +132,11 @@ fn a_port_in_use_exits_1_naming_the_address() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_worker_count_of_zero_is_a_usage_error() {
+    let out = holdfast(&["--workers", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--workers"), "{stderr}");
+}

@@ -382,14 +382,41 @@ impl Proxy {
         extra: &str,
         resolver: holdfast::upstream::Resolver,
     ) -> Proxy {
+        Self::start_with(endpoints, extra, resolver, None).await
+    }
+
+    /// Like `start`, serving connections on `workers` (thread per core, as the binary does).
+    pub async fn start_on_workers(
+        endpoints: &[String],
+        extra: &str,
+        workers: std::sync::Arc<holdfast::workers::Workers>,
+    ) -> Proxy {
+        Self::start_with(
+            endpoints,
+            extra,
+            holdfast::upstream::Resolver::System,
+            Some(workers),
+        )
+        .await
+    }
+
+    async fn start_with(
+        endpoints: &[String],
+        extra: &str,
+        resolver: holdfast::upstream::Resolver,
+        workers: Option<std::sync::Arc<holdfast::workers::Workers>>,
+    ) -> Proxy {
         let base = format!(
             "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream]\nendpoints = {endpoints:?}\n"
         );
         let config =
             holdfast::config::from_toml_layers(&[&base, extra]).expect("test config is valid");
-        let app = App::build_with_resolver(config, resolver)
+        let mut app = App::build_with_resolver(config, resolver)
             .await
             .expect("proxy binds");
+        if let Some(workers) = workers {
+            app = app.with_workers(workers);
+        }
         let addr = app.proxy_addr();
         let admin = app.admin_addr().expect("tests run the admin listener");
         let handle = app.handle();

@@ -1,0 +1,86 @@
+//! Thread-per-core serving (`Workers`, what the binary runs): sessions handed to worker
+//! runtimes relay, hold across an upstream restart (their timers and reconnects run on the
+//! worker), and drain on shutdown — against real sockets, on two worker threads.
+
+mod support;
+
+use std::sync::Arc;
+
+use holdfast::workers::Workers;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const FAST: &str =
+    "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\nmax_hold = \"20s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_worker_threads_relay_hold_and_drain() {
+    let workers = Arc::new(Workers::start(2).expect("worker threads start"));
+    assert_eq!(workers.len(), 2);
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let mut proxy = Proxy::start_on_workers(&[upstream.url()], FAST, workers.clone()).await;
+
+    // Enough clients that both workers serve several (connections go round robin).
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut client = connect(&proxy).await;
+        send_text(&mut client, &format!("c{i} hello")).await;
+        assert_eq!(
+            next_message(&mut client).await,
+            Message::text(format!("c{i} hello"))
+        );
+        clients.push(client);
+    }
+
+    // The upstream restarts: every session holds, buffers, and resumes on its worker.
+    upstream
+        .go_down(Control::Close(1012, "restarting".into()))
+        .await;
+    upstream
+        .wait_for("the proxy to answer every close", |log| {
+            log.closes.len() >= 8
+        })
+        .await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        send_text(client, &format!("c{i} held")).await;
+    }
+    upstream.start_again(None).await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            next_message(client).await,
+            Message::text(format!("c{i} held"))
+        );
+        send_text(client, "whoami").await;
+        assert_eq!(next_message(client).await, Message::text("app 1"));
+    }
+    assert_eq!(
+        proxy
+            .metric("holdfast_holds_total{outcome=\"resumed\"}")
+            .await,
+        8.0
+    );
+    // Traffic counted on both worker threads adds up in one series.
+    assert_eq!(
+        proxy
+            .metric("holdfast_messages_total{direction=\"to_client\"}")
+            .await,
+        24.0
+    );
+
+    // Shutdown: every client is told, and the drain ends with no session left.
+    proxy.begin_shutdown();
+    for client in &mut clients {
+        assert_eq!(expect_close(client).await.0, Some(1012));
+        // Reading on sends our close reply: the handshake completes and the stream ends.
+        within("the client's stream to end", async {
+            use futures_util::StreamExt;
+            while client.next().await.is_some() {}
+        })
+        .await;
+    }
+    let left = within("the drain to end", &mut proxy.done).await.unwrap();
+    assert_eq!(left, 0);
+    tokio::task::spawn_blocking(move || workers.stop())
+        .await
+        .unwrap();
+}
