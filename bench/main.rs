@@ -26,7 +26,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
     /// Alternating rounds per throughput measurement.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 3.0)]
@@ -72,12 +72,28 @@ enum Cmd {
 
 #[derive(Default)]
 struct Throughput {
-    echoes: u64,
-    seconds: f64,
-    cpu_seconds: f64,
-    /// Of which in user space (the rest is the kernel's TCP work and scheduling).
-    user_seconds: f64,
+    /// Per round: echoes per second, proxy CPU µs per echo, of which user space (the rest
+    /// is the kernel's TCP work and scheduling). The table shows each one's median over the
+    /// rounds: one round disturbed by the rest of a shared machine does not move it.
+    rates: Vec<f64>,
+    cpu_per_echo: Vec<f64>,
+    user_per_echo: Vec<f64>,
+    /// Every round's latencies, pooled for the percentiles.
     latencies: Vec<u32>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 fn main() {
@@ -155,10 +171,11 @@ async fn run(cli: Cli) {
                         r.echoes as f64 / r.elapsed.as_secs_f64()
                     );
                     let t = results.entry((size, name.to_string())).or_default();
-                    t.echoes += r.echoes;
-                    t.seconds += r.elapsed.as_secs_f64();
-                    t.cpu_seconds += user + system - cpu_before.0 - cpu_before.1;
-                    t.user_seconds += user - cpu_before.0;
+                    let echoes = r.echoes.max(1) as f64;
+                    t.rates.push(r.echoes as f64 / r.elapsed.as_secs_f64());
+                    t.cpu_per_echo
+                        .push((user + system - cpu_before.0 - cpu_before.1) * 1e6 / echoes);
+                    t.user_per_echo.push((user - cpu_before.0) * 1e6 / echoes);
                     t.latencies.extend(r.latencies_us);
                 }
             }
@@ -293,7 +310,7 @@ fn print_table(
     }
     println!();
     println!(
-        "| {} conns closed loop, {} × {:.0} s alternating | {} | holdfast/nginx | holdfast/direct |",
+        "| {} conns closed loop, median of {} alternating rounds × {:.0} s | {} | holdfast/nginx | holdfast/direct |",
         cli.connections,
         cli.rounds,
         cli.seconds,
@@ -315,7 +332,7 @@ fn print_table(
         };
         let label = label.as_str();
         let get = |n: &str| results.get(&(size, n.to_owned()));
-        let rate = |n: &str| get(n).map_or(0.0, |t| t.echoes as f64 / t.seconds);
+        let rate = |n: &str| get(n).map_or(0.0, |t| median(&t.rates));
         let pct = |n: &str, p: f64| {
             get(n).map_or(0, |t| {
                 let mut l = t.latencies.clone();
@@ -323,22 +340,8 @@ fn print_table(
                 load::percentile(&l, p)
             })
         };
-        let per_1k = |n: &str, user_only: bool| {
-            get(n).map_or(0.0, |t| {
-                let seconds = if user_only {
-                    t.user_seconds
-                } else {
-                    t.cpu_seconds
-                };
-                if t.echoes > 0 {
-                    seconds * 1e6 / t.echoes as f64
-                } else {
-                    0.0
-                }
-            })
-        };
-        let cpu = |n: &str| per_1k(n, false);
-        let user = |n: &str| per_1k(n, true);
+        let cpu = |n: &str| get(n).map_or(0.0, |t| median(&t.cpu_per_echo));
+        let user = |n: &str| get(n).map_or(0.0, |t| median(&t.user_per_echo));
         let nginx_or = |f: &dyn Fn(&str) -> f64| if with_nginx { f("nginx") } else { 0.0 };
         let row = |what: &str, cells: Vec<String>, vs_nginx: String, vs_direct: String| {
             println!(
