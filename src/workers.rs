@@ -28,14 +28,16 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `count` (at least one) worker threads, each running its own runtime with
-    /// I/O and timers enabled.
+    /// I/O and timers only: signals and child processes are the main thread's business, and
+    /// every layer a runtime enables is visited each time it parks.
     pub fn start(count: usize) -> io::Result<Workers> {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count.max(1));
         let mut threads = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
