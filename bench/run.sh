@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the benchmark: builds the release binaries, installs nginx from Debian's
 # packages if it is missing and we may (root with apt), and runs every measurement.
-#   bench/run.sh                 # the full run (~4 minutes on 2 cores)
+#   bench/run.sh                 # the full run (~6 minutes on 2 cores)
 #   bench/run.sh --sessions 2000 --rounds 1   # a quicker look
 set -euo pipefail
 cd "$(dirname "$0")/.."
