@@ -75,7 +75,7 @@ impl Workers {
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot hand the connection to a worker");
+                tracing::warn!(error = %e, "cannot hand the connection to a worker; dropped");
                 return;
             }
         };
@@ -83,7 +83,9 @@ impl Workers {
         self.handles[index].spawn(async move {
             match TcpStream::from_std(tcp) {
                 Ok(tcp) => serve(tcp).await,
-                Err(e) => tracing::debug!(error = %e, "a worker cannot take the connection"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a worker cannot take the connection; dropped")
+                }
             }
         });
     }
