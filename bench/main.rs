@@ -349,56 +349,34 @@ fn print_table(
                 cells.join(" | ")
             );
         };
-        row(
-            "echoes/s",
-            names.iter().map(|n| format!("{:.0}", rate(n))).collect(),
-            ratio(rate("holdfast"), nginx_or(&rate)),
-            ratio(rate("holdfast"), rate("direct")),
-        );
-        let p50 = |n: &str| pct(n, 50.0) as f64;
-        let p99 = |n: &str| pct(n, 99.0) as f64;
-        row(
-            "p50 µs",
-            names.iter().map(|n| format!("{:.0}", p50(n))).collect(),
-            ratio(p50("holdfast"), nginx_or(&p50)),
-            ratio(p50("holdfast"), p50("direct")),
-        );
-        row(
-            "p99 µs",
-            names.iter().map(|n| format!("{:.0}", p99(n))).collect(),
-            ratio(p99("holdfast"), nginx_or(&p99)),
-            ratio(p99("holdfast"), p99("direct")),
-        );
-        row(
-            "proxy CPU ms / 1,000 echoes",
-            names
+        // Measured for every target, compared with nginx and with a direct connection.
+        let measured_row = |what: &str, f: &dyn Fn(&str) -> f64| {
+            row(
+                what,
+                names.iter().map(|n| format!("{:.0}", f(n))).collect(),
+                ratio(f("holdfast"), nginx_or(f)),
+                ratio(f("holdfast"), f("direct")),
+            );
+        };
+        // A proxy's own CPU: nothing to show for a direct connection.
+        let proxy_row = |what: &str, f: &dyn Fn(&str) -> f64| {
+            let cells = names
                 .iter()
                 .map(|n| {
                     if *n == "direct" {
                         "—".into()
                     } else {
-                        format!("{:.1}", cpu(n))
+                        format!("{:.1}", f(n))
                     }
                 })
-                .collect(),
-            ratio(cpu("holdfast"), nginx_or(&cpu)),
-            "—".into(),
-        );
-        row(
-            "… of which user space",
-            names
-                .iter()
-                .map(|n| {
-                    if *n == "direct" {
-                        "—".into()
-                    } else {
-                        format!("{:.1}", user(n))
-                    }
-                })
-                .collect(),
-            ratio(user("holdfast"), nginx_or(&user)),
-            "—".into(),
-        );
+                .collect();
+            row(what, cells, ratio(f("holdfast"), nginx_or(f)), "—".into());
+        };
+        measured_row("echoes/s", &rate);
+        measured_row("p50 µs", &|n| pct(n, 50.0) as f64);
+        measured_row("p99 µs", &|n| pct(n, 99.0) as f64);
+        proxy_row("proxy CPU ms / 1,000 echoes", &cpu);
+        proxy_row("… of which user space", &user);
     }
     let mem = |n: &str, i: usize| {
         memory

@@ -31,10 +31,11 @@ impl Workers {
     /// I/O and timers only: signals and child processes are the main thread's business, and
     /// every layer a runtime enables is visited each time it parks.
     pub fn start(count: usize) -> io::Result<Workers> {
+        let count = count.max(1);
         let stop = CancellationToken::new();
-        let mut handles = Vec::with_capacity(count.max(1));
-        let mut threads = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
+        let mut handles = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()

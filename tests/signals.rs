@@ -109,6 +109,14 @@ fn write_config(path: &std::path::Path, upstream: &TestUpstream, extra: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A config file for `upstream` in a fresh directory, which lives as long as the guard.
+fn config_file(upstream: &TestUpstream) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    write_config(&path, upstream, "");
+    (dir, path)
+}
+
 async fn client(addr: SocketAddr) -> Client {
     let request = format!("ws://{addr}/").into_client_request().unwrap();
     connect_request(addr, request).await.unwrap().0
@@ -117,9 +125,7 @@ async fn client(addr: SocketAddr) -> Client {
 #[tokio::test]
 async fn sigterm_drains_clients_with_1012_and_exits_0() {
     let upstream = UpstreamBuilder::new().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    write_config(&path, &upstream, "");
+    let (_dir, path) = config_file(&upstream);
     let mut running = start(&path).await;
     let mut ws = client(running.proxy).await;
     send_text(&mut ws, "hi").await;
@@ -138,9 +144,7 @@ async fn sigterm_drains_clients_with_1012_and_exits_0() {
 #[tokio::test]
 async fn sighup_reloads_the_file_into_live_sessions() {
     let upstream = UpstreamBuilder::new().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    write_config(&path, &upstream, "");
+    let (_dir, path) = config_file(&upstream);
     let running = start(&path).await;
     let mut ws = client(running.proxy).await;
 
@@ -183,9 +187,7 @@ async fn sighup_reloads_the_file_into_live_sessions() {
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
     let upstream = UpstreamBuilder::new().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    write_config(&path, &upstream, "");
+    let (_dir, path) = config_file(&upstream);
     // Debug level: the most holdfast ever says.
     let mut running = start_capturing(&path, "debug").await;
     let proxy = running.proxy;
@@ -221,9 +223,7 @@ async fn secrets_never_reach_the_logs() {
 async fn a_storm_of_bad_connections_logs_nothing_at_warn_or_error() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = UpstreamBuilder::new().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
-    write_config(&path, &upstream, "");
+    let (_dir, path) = config_file(&upstream);
     let mut running = start_capturing(&path, "info").await;
     // Garbage, truncated requests, bad upgrades and plain hang-ups, 50 of each.
     for i in 0..200 {

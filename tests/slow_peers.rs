@@ -8,6 +8,9 @@ mod support;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Keepalive every 200 ms: a peer that takes no data for 400 ms has stopped reading.
+const KEEPALIVE_200MS: &str = "[websocket]\nping_interval = \"200ms\"\n";
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
@@ -39,12 +42,7 @@ async fn stalled_peers_are_dropped_with_bounded_memory() {
 async fn upstream_stops_reading() {
     use futures_util::{SinkExt, StreamExt};
     let upstream = UpstreamBuilder::new().start().await;
-    // Keepalive every 200 ms: a peer that takes no data for 400 ms has stopped reading.
-    let proxy = Proxy::start(
-        &[upstream.url()],
-        "[websocket]\nping_interval = \"200ms\"\n",
-    )
-    .await;
+    let proxy = Proxy::start(&[upstream.url()], KEEPALIVE_200MS).await;
     let client = connect(&proxy).await;
     let (mut sink, mut stream) = client.split();
     sink.send(Message::text("stall")).await.unwrap();
@@ -77,11 +75,7 @@ async fn upstream_stops_reading() {
 
 async fn client_stops_reading() {
     let upstream = UpstreamBuilder::new().start().await;
-    let proxy = Proxy::start(
-        &[upstream.url()],
-        "[websocket]\nping_interval = \"200ms\"\n",
-    )
-    .await;
+    let proxy = Proxy::start(&[upstream.url()], KEEPALIVE_200MS).await;
     let mut client = connect(&proxy).await;
     // The upstream sends 64 MiB the client never reads: holdfast buffers none of it beyond
     // the socket buffers, and gives up on the client.

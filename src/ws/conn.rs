@@ -152,33 +152,41 @@ impl<S> WsConn<S> {
         self.out.len() - self.written
     }
 
-    /// Encodes a final frame into the write queue (masked with a fresh key as a client).
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+    /// A fresh masking key for a frame we send: clients mask, servers do not.
+    fn mask_key(&self) -> Option<[u8; 4]> {
+        (self.role == Role::Client).then(rand::random::<[u8; 4]>)
+    }
+
+    /// The write queue to append to; what is already written is dropped from it first.
+    fn out_tail(&mut self) -> &mut Vec<u8> {
         if self.written == self.out.len() {
             self.out.clear();
             self.written = 0;
         }
-        let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
-        self.out.reserve(frame::MAX_HEADER + payload.len());
-        frame::encode_header(&mut self.out, opcode, payload.len(), mask);
-        let start = self.out.len();
-        self.out.extend_from_slice(payload);
+        &mut self.out
+    }
+
+    /// Encodes a final frame into the write queue (masked with a fresh key as a client).
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = self.mask_key();
+        let out = self.out_tail();
+        out.reserve(frame::MAX_HEADER + payload.len());
+        frame::encode_header(out, opcode, payload.len(), mask);
+        let start = out.len();
+        out.extend_from_slice(payload);
         if let Some(key) = mask {
-            frame::apply_mask(&mut self.out[start..], key);
+            frame::apply_mask(&mut out[start..], key);
         }
     }
 
     /// Queues what a direct write left over: `parts` from byte `taken` on.
     fn queue_rest(&mut self, parts: [&[u8]; 2], taken: usize) {
-        if self.written == self.out.len() {
-            self.out.clear();
-            self.written = 0;
-        }
+        let out = self.out_tail();
         let mut skip = taken;
         for part in parts {
             let from = skip.min(part.len());
             skip -= from;
-            self.out.extend_from_slice(&part[from..]);
+            out.extend_from_slice(&part[from..]);
         }
     }
 
@@ -497,9 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         cx: &mut Context<'_>,
         message: &Message,
     ) -> Poll<Result<(), WsError>> {
-        if self.pending_out() > OUT_HIGH_WATER {
-            ready!(self.poll_send_out(cx)).map_err(WsError::Io)?;
-        }
+        ready!(Pin::new(&mut *self).poll_ready(cx))?;
         let (opcode, payload): (u8, &[u8]) = match message {
             Message::Text(t) => (TEXT, t.as_bytes()),
             Message::Binary(b) => (BINARY, b),
@@ -513,7 +519,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         if !direct {
             return Poll::Ready(self.send_message(message));
         }
-        let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+        let mask = self.mask_key();
         let (head, head_len) = frame::header_bytes(opcode, payload.len(), mask);
         let total = head_len + payload.len();
         let mut small = [0u8; frame::MAX_HEADER + DIRECT_SMALL];

@@ -615,28 +615,12 @@ where
         let metrics = &self.shared.metrics;
         match (upstream, faulty) {
             (Some(mut upstream), Some(Direction::ToClient)) => {
-                let client = &mut self.client;
-                close_relaying(
-                    &mut upstream,
-                    to_upstream,
-                    client,
-                    Direction::ToClient,
-                    metrics,
-                )
-                .await;
-                complete_close(client, to_client).await;
+                let (first, faulty) = ((&mut upstream, to_upstream), (&mut self.client, to_client));
+                close_faulty_last(first, faulty, Direction::ToClient, metrics).await;
             }
             (Some(mut upstream), Some(Direction::ToUpstream)) => {
-                let client = &mut self.client;
-                close_relaying(
-                    client,
-                    to_client,
-                    &mut upstream,
-                    Direction::ToUpstream,
-                    metrics,
-                )
-                .await;
-                complete_close(&mut upstream, to_upstream).await;
+                let (first, faulty) = ((&mut self.client, to_client), (&mut upstream, to_upstream));
+                close_faulty_last(first, faulty, Direction::ToUpstream, metrics).await;
             }
             (Some(mut upstream), None) => {
                 tokio::join!(
@@ -650,13 +634,13 @@ where
     }
 }
 
-/// Closes `closing` with `messages` (the close last) and, until its close reply (at most
-/// `CLOSE_TIMEOUT`), relays the data it still sends to `other` (`direction`): answers to
-/// messages sent before the other side's fault arrive before that side's verdict.
-async fn close_relaying<A, B>(
-    closing: &mut WsConn<A>,
-    messages: Vec<Message>,
-    other: &mut WsConn<B>,
+/// One side broke the protocol: closes the other side (`first`, its messages with the close
+/// last) and, until its close reply (at most `CLOSE_TIMEOUT`), relays the data it still
+/// sends to the faulty side (`direction`), so answers to messages sent before the fault
+/// arrive before the verdict; then closes the faulty side.
+async fn close_faulty_last<A, B>(
+    (first, first_messages): (&mut WsConn<A>, Vec<Message>),
+    (faulty, faulty_messages): (&mut WsConn<B>, Vec<Message>),
     direction: Direction,
     metrics: &crate::metrics::Metrics,
 ) where
@@ -664,17 +648,12 @@ async fn close_relaying<A, B>(
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        for message in messages {
-            if closing.feed(message).await.is_err() {
-                return;
-            }
-        }
-        if closing.flush().await.is_err() {
+        if send_all(first, first_messages).await.is_err() {
             return;
         }
-        while let Some(Ok(message)) = closing.next().await {
+        while let Some(Ok(message)) = first.next().await {
             if let Some(len) = payload_len(&message) {
-                if other.send(message).await.is_err() {
+                if faulty.send(message).await.is_err() {
                     return;
                 }
                 metrics.message(direction, len);
@@ -682,7 +661,28 @@ async fn close_relaying<A, B>(
         }
     })
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), closing.get_mut().shutdown()).await;
+    shut_down(first).await;
+    complete_close(faulty, faulty_messages).await;
+}
+
+/// Writes `messages` and flushes them.
+async fn send_all<S>(socket: &mut WsConn<S>, messages: Vec<Message>) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for message in messages {
+        socket.feed(message).await?;
+    }
+    socket.flush().await
+}
+
+/// Shuts the transport down once the close handshake is over (a TLS close_notify over TLS),
+/// bounded.
+async fn shut_down<S>(socket: &mut WsConn<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.get_mut().shutdown()).await;
 }
 
 /// Sends `message`, giving up after `stall` (`Err(None)`): a peer that takes no data for
@@ -746,18 +746,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        for message in messages {
-            if socket.feed(message).await.is_err() {
-                return;
-            }
+        if send_all(socket, messages).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
         }
-        if socket.flush().await.is_err() {
-            return;
-        }
-        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.get_mut().shutdown()).await;
+    shut_down(socket).await;
 }
 
 #[cfg(test)]
