@@ -438,10 +438,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 self.state = State::Terminated;
                 return Poll::Ready(Err(WsError::ConnectionClosed));
             }
-            match self.frame_from_buffer()? {
-                Step::Message(message) => return Poll::Ready(Ok(message)),
-                Step::Consumed => continue,
-                Step::NeedMore => {}
+            if !self.rbuf.is_empty() {
+                match self.frame_from_buffer()? {
+                    Step::Message(message) => return Poll::Ready(Ok(message)),
+                    Step::Consumed => continue,
+                    Step::NeedMore => {}
+                }
             }
             let eof = if self.rbuf.is_empty() {
                 let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
@@ -522,15 +524,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         let mask = self.mask_key();
         let (head, head_len) = frame::header_bytes(opcode, payload.len(), mask);
         let total = head_len + payload.len();
-        let mut small = [0u8; frame::MAX_HEADER + DIRECT_SMALL];
+        let mut small = [MaybeUninit::<u8>::uninit(); frame::MAX_HEADER + DIRECT_SMALL];
         let mut scratch = [MaybeUninit::<u8>::uninit(); DIRECT_MASKED];
         let (parts, written) = if payload.len() <= DIRECT_SMALL {
-            small[..head_len].copy_from_slice(&head[..head_len]);
-            small[head_len..total].copy_from_slice(payload);
+            small[..head_len].write_copy_of_slice(&head[..head_len]);
+            let body = small[head_len..total].write_copy_of_slice(payload);
             if let Some(key) = mask {
-                frame::apply_mask(&mut small[head_len..total], key);
+                frame::apply_mask(body, key);
             }
-            let frame = &small[..total];
+            // SAFETY: `small[..total]` was written just above (header, then payload).
+            let frame: &[u8] = unsafe { small[..total].assume_init_ref() };
             (
                 [frame, &[][..]],
                 Pin::new(&mut self.io).poll_write(cx, frame),

@@ -28,7 +28,7 @@ use super::close::{
 use super::conn::WsConn;
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
-use super::woken::WokenOnly;
+use super::woken::{Gate, WokenOnly};
 use crate::app::Shared;
 use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
@@ -391,9 +391,9 @@ where
         };
         // A peer that takes no data for two keepalive intervals has stopped reading.
         let stall = ping_every.map(|every| every * 2);
-        // Every branch but the sockets is polled only once its own waker fired (`WokenOnly`):
-        // nearly every wake of this task is a socket, and the timers and the token take
-        // locks or atomics on each poll.
+        // Every branch is polled only once its own waker fired (`woken::Gate`): nearly every
+        // wake of this task is one socket, and polling the other one, the timers or the
+        // token would take locks or atomics each time.
         let ping = tokio::time::sleep(ping_every.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(ping);
         let mut ping = WokenOnly::new(ping);
@@ -411,6 +411,8 @@ where
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut cancelled = WokenOnly::new(cancelled);
+        // The sockets too: the one that did not wake the task is not polled again.
+        let (mut client_gate, mut upstream_gate) = (Gate::new(), Gate::new());
 
         loop {
             // Sockets first: when one is ready (nearly every wake) the branches after it are
@@ -418,7 +420,7 @@ where
             // that stays ready starts answering pending once the task's budget is spent).
             tokio::select! {
                 biased;
-                incoming = self.client().next() => {
+                incoming = std::future::poll_fn(|cx| client_gate.poll_next(cx, &mut self.client)) => {
                     self.client_keepalive.heard();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Client(ClientEnd::Closed(close_of(frame))),
@@ -448,7 +450,7 @@ where
                         None => return Ending::Client(ClientEnd::Vanished),
                     }
                 }
-                incoming = upstream.next() => {
+                incoming = std::future::poll_fn(|cx| upstream_gate.poll_next(cx, upstream)) => {
                     self.upstream_keepalive.heard();
                     match incoming {
                         Some(Ok(Message::Close(frame))) => return Ending::Upstream(UpstreamEnd::Closed(close_of(frame))),
