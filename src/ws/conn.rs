@@ -8,7 +8,8 @@
 //!   connection owns no buffer at all, and a large message's memory goes with it;
 //! * **one copy per message**: a frame is unmasked in place and its payload copied once
 //!   into the message (a frame that arrived in pieces is not even copied: its buffer becomes
-//!   the message);
+//!   the message). For the relay (`poll_next_incoming`), a small data message that arrived
+//!   whole is copied inline (`Incoming::Small`) instead of onto the heap;
 //! * **replies never block reading** until they pile up: pongs and close replies are
 //!   written as the socket takes them; past `OUT_HIGH_WATER` bytes, reading waits.
 //!
@@ -40,6 +41,9 @@ const DIRECT_MASKED: usize = 2048;
 /// A data frame up to this size is assembled on the stack and written with a plain write
 /// (a vectored write costs the kernel more than the copy of a small payload does).
 const DIRECT_SMALL: usize = 256;
+/// A data message up to this size that arrived in one read is handed to the relay inline,
+/// without a heap allocation (`Incoming::Small`).
+pub const SMALL_INLINE: usize = 256;
 /// The most a partly read frame's buffer grows by at a time (it grows as bytes arrive, not
 /// by what a header claims).
 const RESERVE_STEP: usize = 64 * 1024;
@@ -100,9 +104,101 @@ impl Payload<'_> {
     }
 }
 
+/// A data message's kind and payload, borrowed. A text payload is valid UTF-8 (it comes
+/// from a `Message::Text` or was checked on receipt).
+#[derive(Debug, Clone, Copy)]
+pub struct Data<'a> {
+    text: bool,
+    payload: &'a [u8],
+}
+
+impl<'a> Data<'a> {
+    /// The data of a text or binary message.
+    pub fn of(message: &'a Message) -> Option<Self> {
+        match message {
+            Message::Text(t) => Some(Self {
+                text: true,
+                payload: t.as_bytes(),
+            }),
+            Message::Binary(b) => Some(Self {
+                text: false,
+                payload: b,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    fn opcode(&self) -> u8 {
+        if self.text { TEXT } else { BINARY }
+    }
+
+    /// An owned message with a copy of the payload.
+    pub fn to_message(self) -> Message {
+        let bytes = Bytes::copy_from_slice(self.payload);
+        if self.text {
+            Message::Text(checked_text(bytes))
+        } else {
+            Message::Binary(bytes)
+        }
+    }
+}
+
+/// The caller's buffer that `poll_next_incoming` copies a small data message into.
+pub type Inline = [u8; SMALL_INLINE];
+
+/// A message as the relay reads it (`poll_next_incoming`): a small data message is in the
+/// caller's `Inline` buffer, anything else is a `Message`. (Holding the bytes outside keeps
+/// this value small: it is moved through every layer of polling.)
+#[derive(Debug)]
+pub enum Incoming {
+    /// The first `len` bytes of the `Inline` buffer it was read with.
+    Small {
+        text: bool,
+        len: usize,
+    },
+    Message(Message),
+}
+
+impl Incoming {
+    /// The data of a data message (`None`: a control message); `inline` is the buffer it
+    /// was read with.
+    pub fn data<'a>(&'a self, inline: &'a Inline) -> Option<Data<'a>> {
+        match self {
+            Incoming::Small { text, len } => Some(Data {
+                text: *text,
+                payload: &inline[..*len],
+            }),
+            Incoming::Message(message) => Data::of(message),
+        }
+    }
+
+    /// An owned message (a copy of a small one's payload, a reference to a `Message`'s).
+    pub fn to_message(&self, inline: &Inline) -> Message {
+        match self {
+            Incoming::Message(message) => message.clone(),
+            Incoming::Small { .. } => self.data(inline).expect("small is data").to_message(),
+        }
+    }
+
+    pub fn into_message(self, inline: &Inline) -> Message {
+        match self {
+            Incoming::Message(message) => message,
+            small => small.to_message(inline),
+        }
+    }
+}
+
 /// One buffered frame, or why there is none.
 enum Step {
-    Message(Message),
+    Message(Incoming),
     /// A frame that is not a message by itself (a fragment).
     Consumed,
     NeedMore,
@@ -230,7 +326,38 @@ impl<S> WsConn<S> {
     }
 
     /// A complete frame, unmasked. Returns the message it completes, if any.
-    fn on_frame(&mut self, h: Header, payload: Payload<'_>) -> Result<Option<Message>, WsError> {
+    fn on_frame(&mut self, h: Header, payload: Payload<'_>) -> Result<Option<Incoming>, WsError> {
+        self.on_frame_message(h, payload)
+            .map(|message| message.map(Incoming::Message))
+    }
+
+    /// `on_frame` for a frame read whole into the stack buffer: a small final data frame
+    /// is copied into `inline` instead of onto the heap.
+    fn on_whole_frame(
+        &mut self,
+        h: Header,
+        payload: &[u8],
+        inline: &mut Inline,
+    ) -> Result<Option<Incoming>, WsError> {
+        if !is_small_data(&h) || self.partial.is_some() || !self.state.can_read() {
+            return self.on_frame(h, Payload::Slice(payload));
+        }
+        let text = h.opcode == TEXT;
+        if text {
+            frame::validate_utf8(payload, 0, true)?;
+        }
+        inline[..payload.len()].copy_from_slice(payload);
+        Ok(Some(Incoming::Small {
+            text,
+            len: payload.len(),
+        }))
+    }
+
+    fn on_frame_message(
+        &mut self,
+        h: Header,
+        payload: Payload<'_>,
+    ) -> Result<Option<Message>, WsError> {
         if !self.state.can_read() {
             return Err(WsError::Protocol(ProtocolError::ReceivedAfterClosing));
         }
@@ -330,7 +457,11 @@ impl<S> WsConn<S> {
 
     /// Processes frames read into the stack buffer `data`; bytes past the first message
     /// (or an incomplete frame) move to `rbuf`.
-    fn frames_from(&mut self, data: &mut [u8]) -> Result<Option<Message>, WsError> {
+    fn frames_from(
+        &mut self,
+        data: &mut [u8],
+        inline: &mut Inline,
+    ) -> Result<Option<Incoming>, WsError> {
         let mut at = 0;
         while at < data.len() {
             let rest = &mut data[at..];
@@ -347,7 +478,7 @@ impl<S> WsConn<S> {
                 frame::apply_mask(payload, key);
             }
             at += h.frame_len();
-            if let Some(message) = self.on_frame(h, Payload::Slice(payload))? {
+            if let Some(message) = self.on_whole_frame(h, payload, inline)? {
                 self.rbuf.extend_from_slice(&data[at..]);
                 return Ok(Some(message));
             }
@@ -356,7 +487,7 @@ impl<S> WsConn<S> {
     }
 
     /// Processes the first frame in `rbuf` if it is complete.
-    fn frame_from_buffer(&mut self) -> Result<Step, WsError> {
+    fn frame_from_buffer(&mut self, inline: &mut Inline) -> Result<Step, WsError> {
         let Some(h) = frame::parse_header(&self.rbuf, self.role, self.limits.max_frame)? else {
             return Ok(Step::NeedMore);
         };
@@ -366,6 +497,18 @@ impl<S> WsConn<S> {
         }
         if let Some(key) = h.mask {
             frame::apply_mask(&mut self.rbuf[h.header_len..total], key);
+        }
+        if is_small_data(&h) && self.partial.is_none() && self.state.can_read() {
+            let rbuf = std::mem::take(&mut self.rbuf);
+            let message = self.on_whole_frame(h, &rbuf[h.header_len..total], inline);
+            self.rbuf = rbuf;
+            self.rbuf.advance(total);
+            if self.rbuf.is_empty() {
+                self.rbuf = BytesMut::new();
+            }
+            return Ok(Step::Message(
+                message?.expect("a whole data frame is a message"),
+            ));
         }
         // A frame that fills most of the buffer becomes the message's memory; a small one
         // is copied, so a message kept for replay never pins a large buffer.
@@ -395,6 +538,11 @@ impl<S> WsConn<S> {
     }
 }
 
+/// A final data frame small enough to be read inline (`Incoming::Small`).
+fn is_small_data(h: &Header) -> bool {
+    matches!(h.opcode, TEXT | BINARY) && h.fin && h.len <= SMALL_INLINE
+}
+
 /// A text message from bytes `frame::validate_utf8` accepted.
 fn checked_text(bytes: Bytes) -> Utf8Bytes {
     debug_assert!(std::str::from_utf8(&bytes).is_ok());
@@ -403,6 +551,29 @@ fn checked_text(bytes: Bytes) -> Utf8Bytes {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
+    /// `Stream::poll_next` for the relay: a small data message that arrived whole is copied
+    /// into `inline` (`Incoming::Small`), not onto the heap.
+    pub fn poll_next_incoming(
+        &mut self,
+        cx: &mut Context<'_>,
+        inline: &mut Inline,
+    ) -> Poll<Option<Result<Incoming, WsError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(self.poll_message(cx, inline)) {
+            Ok(message) => Poll::Ready(Some(Ok(message))),
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
     /// Writes queued frames and flushes the transport (a TLS record goes out).
     fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
@@ -420,7 +591,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     }
 
     /// The next message, answering pings and close frames on the way.
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, WsError>> {
+    fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        inline: &mut Inline,
+    ) -> Poll<Result<Incoming, WsError>> {
         if self.state == State::Terminated {
             return Poll::Ready(Err(WsError::AlreadyClosed));
         }
@@ -439,7 +614,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 return Poll::Ready(Err(WsError::ConnectionClosed));
             }
             if !self.rbuf.is_empty() {
-                match self.frame_from_buffer()? {
+                match self.frame_from_buffer(inline)? {
                     Step::Message(message) => return Poll::Ready(Ok(message)),
                     Step::Consumed => continue,
                     Step::NeedMore => {}
@@ -452,7 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 if buf.filled().is_empty() {
                     true
                 } else {
-                    if let Some(message) = self.frames_from(buf.filled_mut())? {
+                    if let Some(message) = self.frames_from(buf.filled_mut(), inline)? {
                         return Poll::Ready(Ok(message));
                     }
                     continue;
@@ -487,10 +662,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
 
     /// `SinkExt::send` for a message the caller keeps.
     pub async fn send_ref(&mut self, message: &Message) -> Result<(), WsError> {
+        match Data::of(message) {
+            Some(data) => self.send_data(data).await,
+            None => {
+                std::future::poll_fn(|cx| Pin::new(&mut *self).poll_ready(cx)).await?;
+                self.send_message(message)?;
+                self.flush().await
+            }
+        }
+    }
+
+    /// Sends a data message from a borrowed payload, and flushes.
+    pub async fn send_data(&mut self, data: Data<'_>) -> Result<(), WsError> {
         let mut started = false;
         std::future::poll_fn(|cx| {
             if !started {
-                ready!(self.poll_start_send_ref(cx, message))?;
+                ready!(self.poll_start_send_data(cx, data))?;
                 started = true;
             }
             Pin::new(&mut *self).poll_flush(cx)
@@ -498,28 +685,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         .await
     }
 
-    /// `send_ref`'s first step. With nothing queued, a data frame is written at once with
-    /// one vectored write: its header from the stack and its payload from the message (a
-    /// client's payload masked on the stack first). No heap buffer is involved unless the
-    /// socket takes only part of it; the rest is queued. Anything else is queued as usual.
-    fn poll_start_send_ref(
+    /// `send_data`'s first step. With nothing queued, the frame is written at once with one
+    /// write: its header from the stack and its payload from `data` (a client's payload
+    /// masked on the stack first). No heap buffer is involved unless the socket takes only
+    /// part of it; the rest is queued. Otherwise it is queued as usual.
+    fn poll_start_send_data(
         &mut self,
         cx: &mut Context<'_>,
-        message: &Message,
+        data: Data<'_>,
     ) -> Poll<Result<(), WsError>> {
         ready!(Pin::new(&mut *self).poll_ready(cx))?;
-        let (opcode, payload): (u8, &[u8]) = match message {
-            Message::Text(t) => (TEXT, t.as_bytes()),
-            Message::Binary(b) => (BINARY, b),
-            _ => return Poll::Ready(self.send_message(message)),
-        };
-        let direct = self.state == State::Active
-            && self.pending_out() == 0
+        let (opcode, payload) = (data.opcode(), data.payload);
+        if self.state == State::Terminated {
+            return Poll::Ready(Err(WsError::AlreadyClosed));
+        }
+        if self.state != State::Active {
+            return Poll::Ready(Err(WsError::Protocol(ProtocolError::SendAfterClosing)));
+        }
+        let direct = self.pending_out() == 0
             && (payload.len() <= DIRECT_SMALL
                 || (self.io.is_write_vectored()
                     && (self.role == Role::Server || payload.len() <= DIRECT_MASKED)));
         if !direct {
-            return Poll::Ready(self.send_message(message));
+            self.queue(opcode, payload);
+            return Poll::Ready(Ok(()));
         }
         let mask = self.mask_key();
         let (head, head_len) = frame::header_bytes(opcode, payload.len(), mask);
@@ -569,21 +758,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsConn<S> {
     type Item = Result<Message, WsError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        match ready!(this.poll_message(cx)) {
-            Ok(message) => Poll::Ready(Some(Ok(message))),
-            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
-            Err(e) => {
-                this.ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
+        let mut inline = [0; SMALL_INLINE];
+        let next = ready!(self.get_mut().poll_next_incoming(cx, &mut inline));
+        Poll::Ready(next.map(|item| item.map(|incoming| incoming.into_message(&inline))))
     }
 }
 
@@ -684,6 +861,66 @@ mod tests {
             peer.read_exact(&mut pong).await.unwrap();
             assert_eq!(pong, [0x80 | PONG, 1, b'p']);
         }
+    }
+
+    /// The relay's read: whole small data frames land in the caller's inline buffer, larger
+    /// ones, control frames and fragmented messages come as `Message`s; the payloads and
+    /// the UTF-8 check are the same either way.
+    #[tokio::test]
+    async fn small_whole_data_messages_are_read_inline() {
+        let mut wire = Vec::new();
+        let cases: Vec<(u8, Vec<u8>, bool)> = vec![
+            (BINARY, vec![], true),
+            (TEXT, b"x".to_vec(), true),
+            (BINARY, vec![7; SMALL_INLINE], true),
+            (BINARY, vec![8; SMALL_INLINE + 1], false),
+            (TEXT, "é".repeat(SMALL_INLINE / 2).into_bytes(), true),
+            (PING, b"p".to_vec(), false),
+        ];
+        for (opcode, payload, _) in &cases {
+            wire.extend(client_frame(true, *opcode, payload));
+        }
+        // A fragmented small message is assembled on the heap.
+        wire.extend(client_frame(false, TEXT, b"ab"));
+        wire.extend(client_frame(true, CONTINUATION, b"c"));
+        let (mut peer, ours) = duplex(1 << 16);
+        peer.write_all(&wire).await.unwrap();
+        let mut conn = WsConn::new(ours, Role::Server, LIMITS, &[]);
+        let mut inline = [0; SMALL_INLINE];
+        for (opcode, payload, small) in cases {
+            let incoming = std::future::poll_fn(|cx| conn.poll_next_incoming(cx, &mut inline))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                matches!(incoming, Incoming::Small { .. }),
+                small,
+                "{opcode} {}",
+                payload.len()
+            );
+            let message = incoming.into_message(&inline);
+            let expected = match opcode {
+                TEXT => Message::text(String::from_utf8(payload).unwrap()),
+                BINARY => Message::binary(payload),
+                _ => Message::Ping(payload.into()),
+            };
+            assert_eq!(message, expected);
+        }
+        let joined = std::future::poll_fn(|cx| conn.poll_next_incoming(cx, &mut inline))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(joined, Incoming::Message(_)));
+        assert_eq!(joined.into_message(&inline), Message::text("abc"));
+
+        // A small text frame that is not UTF-8 is refused like a large one.
+        let (mut peer, ours) = duplex(1024);
+        peer.write_all(&client_frame(true, TEXT, &[b'a', 0xff]))
+            .await
+            .unwrap();
+        let mut conn = WsConn::new(ours, Role::Server, LIMITS, &[]);
+        let got = std::future::poll_fn(|cx| conn.poll_next_incoming(cx, &mut inline)).await;
+        assert!(matches!(got, Some(Err(WsError::Utf8(_)))), "{got:?}");
     }
 
     #[tokio::test]

@@ -298,7 +298,7 @@ where
                             if let Err(fired) = self.admit() {
                                 break HoldEnd::Policy(fired);
                             }
-                            let seq = self.record_client_message(&message);
+                            let seq = self.record_client_message(|| message.clone());
                             if buffer.push(seq, message).is_err() {
                                 break HoldEnd::GaveUp(HoldOutcome::Overflow);
                             }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -25,7 +26,7 @@ use super::close::{
     self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
     UpstreamDecision, UpstreamEnd, WireClose,
 };
-use super::conn::WsConn;
+use super::conn::{Data, Incoming, Inline, SMALL_INLINE, WsConn};
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use super::woken::{Gate, WokenOnly};
@@ -95,6 +96,12 @@ pub fn close_message(wire: WireClose) -> Message {
         code: CloseCode::from(c.code),
         reason: c.reason.into(),
     }))
+}
+
+/// What the relay loop read, and from which side.
+enum Read {
+    Client(Option<Result<Incoming, WsError>>),
+    Upstream(Option<Result<Incoming, WsError>>),
 }
 
 /// Why the relay loop (or a hold) stopped.
@@ -349,12 +356,13 @@ where
         &mut self.client
     }
 
-    /// Numbers a client data message and records it if it is among the first `replay_first`.
-    pub(super) fn record_client_message(&mut self, message: &Message) -> u64 {
+    /// Numbers a client data message and records it (`copy`) if it is among the first
+    /// `replay_first`.
+    pub(super) fn record_client_message(&mut self, copy: impl FnOnce() -> Message) -> u64 {
         let seq = self.client_seq;
         self.client_seq += 1;
         if seq < self.replay_first {
-            self.replay.push(message.clone());
+            self.replay.push(copy());
         }
         seq
     }
@@ -413,6 +421,9 @@ where
         let mut cancelled = WokenOnly::new(cancelled);
         // The sockets too: the one that did not wake the task is not polled again.
         let (mut client_gate, mut upstream_gate) = (Gate::new(), Gate::new());
+        // Where a small message read by either side lands (it is relayed before the next
+        // read): small messages take no heap allocation.
+        let mut inline: Inline = [0; SMALL_INLINE];
 
         loop {
             // Sockets first: when one is ready (nearly every wake) the branches after it are
@@ -420,57 +431,71 @@ where
             // that stays ready starts answering pending once the task's budget is spent).
             tokio::select! {
                 biased;
-                incoming = std::future::poll_fn(|cx| client_gate.poll_next(cx, &mut self.client)) => {
-                    self.client_keepalive.heard();
-                    match incoming {
-                        Some(Ok(Message::Close(frame))) => return Ending::Client(ClientEnd::Closed(close_of(frame))),
-                        Some(Ok(message)) => {
-                            if let Some(len) = payload_len(&message) {
-                                if let Err(fired) = self.admit() {
-                                    return Ending::Policy(fired);
-                                }
-                                if idle_after.is_some() {
-                                    self.last_data = Instant::now();
-                                }
-                                let seq = self.record_client_message(&message);
-                                match send_within(upstream, &message, stall).await {
-                                    Ok(()) => {}
-                                    // Perhaps partly written: never delivered again.
-                                    Err(None) => return Ending::Upstream(UpstreamEnd::Stalled),
-                                    Err(Some(e)) => {
-                                        // Not written: if the session holds, it is delivered later.
-                                        self.unsent = Some((seq, message));
-                                        return Ending::Upstream(upstream_end(fault(&e)));
-                                    }
-                                }
-                                self.relayed(Direction::ToUpstream, len);
+                read = std::future::poll_fn(|cx| {
+                    let client = client_gate.poll(cx, |cx| self.client.poll_next_incoming(cx, &mut inline));
+                    if let Poll::Ready(read) = client {
+                        return Poll::Ready(Read::Client(read));
+                    }
+                    upstream_gate.poll(cx, |cx| upstream.poll_next_incoming(cx, &mut inline)).map(Read::Upstream)
+                }) => match read {
+                    Read::Client(incoming) => {
+                        self.client_keepalive.heard();
+                        let incoming = match incoming {
+                            Some(Ok(incoming)) => incoming,
+                            Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
+                            None => return Ending::Client(ClientEnd::Vanished),
+                        };
+                        let Some(data) = incoming.data(&inline) else {
+                            if let Incoming::Message(Message::Close(frame)) = incoming {
+                                return Ending::Client(ClientEnd::Closed(close_of(frame)));
+                            }
+                            // Pings and pongs were answered (or are answers): nothing to relay.
+                            continue;
+                        };
+                        if let Err(fired) = self.admit() {
+                            return Ending::Policy(fired);
+                        }
+                        if idle_after.is_some() {
+                            self.last_data = Instant::now();
+                        }
+                        let seq = self.record_client_message(|| incoming.to_message(&inline));
+                        let len = data.len();
+                        match send_within(upstream, data, stall).await {
+                            Ok(()) => {}
+                            // Perhaps partly written: never delivered again.
+                            Err(None) => return Ending::Upstream(UpstreamEnd::Stalled),
+                            Err(Some(e)) => {
+                                // Not written: if the session holds, it is delivered later.
+                                self.unsent = Some((seq, incoming.into_message(&inline)));
+                                return Ending::Upstream(upstream_end(fault(&e)));
                             }
                         }
-                        Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
-                        None => return Ending::Client(ClientEnd::Vanished),
+                        self.relayed(Direction::ToUpstream, len);
                     }
-                }
-                incoming = std::future::poll_fn(|cx| upstream_gate.poll_next(cx, upstream)) => {
-                    self.upstream_keepalive.heard();
-                    match incoming {
-                        Some(Ok(Message::Close(frame))) => return Ending::Upstream(UpstreamEnd::Closed(close_of(frame))),
-                        Some(Ok(message)) => {
-                            if let Some(len) = payload_len(&message) {
-                                if idle_after.is_some() {
-                                    self.last_data = Instant::now();
-                                }
-                                match send_within(self.client(), &message, stall).await {
-                                    Ok(()) => {}
-                                    Err(None) => return Ending::Client(ClientEnd::Stalled),
-                                    Err(Some(e)) => return Ending::Client(client_end(fault(&e))),
-                                }
-                                self.relayed(Direction::ToClient, len);
+                    Read::Upstream(incoming) => {
+                        self.upstream_keepalive.heard();
+                        let incoming = match incoming {
+                            Some(Ok(incoming)) => incoming,
+                            Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
+                            None => return Ending::Upstream(UpstreamEnd::Vanished),
+                        };
+                        let Some(data) = incoming.data(&inline) else {
+                            if let Incoming::Message(Message::Close(frame)) = incoming {
+                                return Ending::Upstream(UpstreamEnd::Closed(close_of(frame)));
                             }
+                            continue;
+                        };
+                        if idle_after.is_some() {
+                            self.last_data = Instant::now();
                         }
-                        Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
-                        None => return Ending::Upstream(UpstreamEnd::Vanished),
+                        match send_within(&mut self.client, data, stall).await {
+                            Ok(()) => {}
+                            Err(None) => return Ending::Client(ClientEnd::Stalled),
+                            Err(Some(e)) => return Ending::Client(client_end(fault(&e))),
+                        }
+                        self.relayed(Direction::ToClient, data.len());
                     }
-                }
+                },
                 _ = &mut cancelled => return Ending::Shutdown,
                 _ = &mut ping, if ping_every.is_some() => {
                     let every = ping_every.unwrap_or_default();
@@ -687,18 +712,18 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.get_mut().shutdown()).await;
 }
 
-/// Sends `message`, giving up after `stall` (`Err(None)`): a peer that takes no data for
+/// Sends `data`, giving up after `stall` (`Err(None)`): a peer that takes no data for
 /// that long has stopped reading. Without keepalive (`None`) a send waits as long as the
 /// peer does — backpressure, memory stays bounded either way.
 async fn send_within<S>(
     socket: &mut WsConn<S>,
-    message: &Message,
+    data: Data<'_>,
     stall: Option<Duration>,
 ) -> Result<(), Option<WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut send = std::pin::pin!(socket.send_ref(message));
+    let mut send = std::pin::pin!(socket.send_data(data));
     // Almost every send completes at once: only a send that has to wait arms the timer (a
     // timer per message would cost a timer-wheel update on the hot path).
     if let std::task::Poll::Ready(result) = futures_util::poll!(send.as_mut()) {
