@@ -6,6 +6,7 @@
 //! every session relayed one 256 KiB message, and the resume of held sessions across an
 //! upstream restart (holdfast) — or what a byte relay does then (nginx).
 
+mod copy;
 mod echo;
 mod load;
 mod procs;
@@ -50,6 +51,10 @@ struct Cli {
     /// Only the throughput runs: no memory or resume measurements.
     #[arg(long)]
     throughput_only: bool,
+    /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
+    /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
+    #[arg(long)]
+    tokio_copy: bool,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +72,13 @@ enum Cmd {
     Echo {
         #[arg(long)]
         listen: SocketAddr,
+    },
+    /// (internal, `--tokio-copy`) a plain tokio byte relay to `upstream`.
+    TokioCopy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
     },
 }
 
@@ -100,6 +112,7 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Echo { listen }) => return echo::run(listen),
+        Some(Cmd::TokioCopy { listen, upstream }) => return copy::run(listen, upstream),
         Some(Cmd::AutobahnClient { server, agent }) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -147,6 +160,10 @@ async fn run(cli: Cli) {
             .map(|b| procs::start_holdfast_binary(b, &dir, echo_addr));
         if let Some(b) = &baseline {
             targets.push(("baseline", b.addr, Some(b)));
+        }
+        let copy = cli.tokio_copy.then(|| procs::start_tokio_copy(echo_addr));
+        if let Some(c) = &copy {
+            targets.push(("tokio copy", c.addr, Some(c)));
         }
         targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
         for &size in &cli.sizes {
@@ -308,6 +325,9 @@ fn print_table(
     if cli.baseline.is_some() {
         names.insert(names.len() - 1, "baseline");
     }
+    if cli.tokio_copy {
+        names.insert(names.len() - 1, "tokio copy");
+    }
     println!();
     println!(
         "| {} conns closed loop, median of {} alternating rounds × {:.0} s | {} | holdfast/nginx | holdfast/direct |",
@@ -395,10 +415,10 @@ fn print_table(
         let cells: Vec<String> = names
             .iter()
             .map(|n| {
-                if *n == "direct" {
-                    "—".into()
-                } else {
+                if memory.contains_key(n) {
                     format!("{:.1} KiB", mem(n, i) / 1024.0)
+                } else {
+                    "—".into()
                 }
             })
             .collect();

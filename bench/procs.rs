@@ -145,6 +145,18 @@ pub fn holdfast_binary() -> PathBuf {
     exe.parent().expect("target dir").join("holdfast")
 }
 
+/// `--tokio-copy`: this binary's plain tokio byte relay in front of `upstream`.
+pub fn start_tokio_copy(upstream: SocketAddr) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(std::env::current_exe().expect("own path"))
+        .args(["tokio-copy", "--listen", &addr.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .spawn()
+        .expect("start the tokio copy relay");
+    wait_listening(addr, "tokio copy");
+    Proc { child, addr }
+}
+
 /// holdfast (the release binary next to this one) in front of `upstream`, shipped defaults
 /// otherwise.
 pub fn start_holdfast(dir: &Path, upstream: SocketAddr) -> Proc {
