@@ -180,6 +180,14 @@ impl Incoming {
         }
     }
 
+    /// A text or binary message.
+    pub fn is_data(&self) -> bool {
+        match self {
+            Incoming::Small { .. } => true,
+            Incoming::Message(message) => message.is_text() || message.is_binary(),
+        }
+    }
+
     /// An owned message (a copy of a small one's payload, a reference to a `Message`'s).
     pub fn to_message(&self, inline: &Inline) -> Message {
         match self {

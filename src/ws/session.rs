@@ -104,6 +104,26 @@ enum Read {
     Upstream(Option<Result<Incoming, WsError>>),
 }
 
+/// What one read means for the relay loop.
+enum Got {
+    /// A text or binary message, to relay.
+    Data(Incoming),
+    /// A ping or pong: answered already (or an answer); nothing to relay.
+    Nothing,
+    Closed(Close),
+    Failed(Fault),
+}
+
+fn got(read: Option<Result<Incoming, WsError>>) -> Got {
+    match read {
+        Some(Ok(Incoming::Message(Message::Close(frame)))) => Got::Closed(close_of(frame)),
+        Some(Ok(incoming)) if incoming.is_data() => Got::Data(incoming),
+        Some(Ok(_)) => Got::Nothing,
+        Some(Err(e)) => Got::Failed(fault(&e)),
+        None => Got::Failed(Fault::Vanished),
+    }
+}
+
 /// Why the relay loop (or a hold) stopped.
 #[derive(Debug)]
 enum Ending {
@@ -438,20 +458,15 @@ where
                     }
                     upstream_gate.poll(cx, |cx| upstream.poll_next_incoming(cx, &mut inline)).map(Read::Upstream)
                 }) => match read {
-                    Read::Client(incoming) => {
+                    Read::Client(read) => {
                         self.client_keepalive.heard();
-                        let incoming = match incoming {
-                            Some(Ok(incoming)) => incoming,
-                            Some(Err(e)) => return Ending::Client(client_end(fault(&e))),
-                            None => return Ending::Client(ClientEnd::Vanished),
+                        let incoming = match got(read) {
+                            Got::Data(incoming) => incoming,
+                            Got::Nothing => continue,
+                            Got::Closed(close) => return Ending::Client(ClientEnd::Closed(close)),
+                            Got::Failed(fault) => return Ending::Client(client_end(fault)),
                         };
-                        let Some(data) = incoming.data(&inline) else {
-                            if let Incoming::Message(Message::Close(frame)) = incoming {
-                                return Ending::Client(ClientEnd::Closed(close_of(frame)));
-                            }
-                            // Pings and pongs were answered (or are answers): nothing to relay.
-                            continue;
-                        };
+                        let Some(data) = incoming.data(&inline) else { continue };
                         if let Err(fired) = self.admit() {
                             return Ending::Policy(fired);
                         }
@@ -472,19 +487,15 @@ where
                         }
                         self.relayed(Direction::ToUpstream, len);
                     }
-                    Read::Upstream(incoming) => {
+                    Read::Upstream(read) => {
                         self.upstream_keepalive.heard();
-                        let incoming = match incoming {
-                            Some(Ok(incoming)) => incoming,
-                            Some(Err(e)) => return Ending::Upstream(upstream_end(fault(&e))),
-                            None => return Ending::Upstream(UpstreamEnd::Vanished),
+                        let incoming = match got(read) {
+                            Got::Data(incoming) => incoming,
+                            Got::Nothing => continue,
+                            Got::Closed(close) => return Ending::Upstream(UpstreamEnd::Closed(close)),
+                            Got::Failed(fault) => return Ending::Upstream(upstream_end(fault)),
                         };
-                        let Some(data) = incoming.data(&inline) else {
-                            if let Incoming::Message(Message::Close(frame)) = incoming {
-                                return Ending::Upstream(UpstreamEnd::Closed(close_of(frame)));
-                            }
-                            continue;
-                        };
+                        let Some(data) = incoming.data(&inline) else { continue };
                         if idle_after.is_some() {
                             self.last_data = Instant::now();
                         }
