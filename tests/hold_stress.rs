@@ -19,16 +19,7 @@ async fn a_thousand_held_sessions_all_resume() {
     // The shipped defaults: backoff 1 s rising to 5 s with full jitter, max_hold 30 s.
     let proxy = Proxy::start(&[upstream.url()], "").await;
 
-    let mut clients = Vec::with_capacity(SESSIONS);
-    for i in 0..SESSIONS {
-        let mut client = connect(&proxy).await;
-        send_text(&mut client, &format!("hello {i}")).await;
-        assert_eq!(
-            next_message(&mut client).await,
-            Message::text(format!("hello {i}"))
-        );
-        clients.push(client);
-    }
+    let mut clients = connect_relaying(&proxy, SESSIONS).await;
 
     upstream
         .go_down(Control::Close(1012, "deploying".into()))

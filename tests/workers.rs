@@ -21,16 +21,7 @@ async fn sessions_on_worker_threads_relay_hold_and_drain() {
     let mut proxy = Proxy::start_on_workers(&[upstream.url()], FAST, workers.clone()).await;
 
     // Enough clients that both workers serve several (connections go round robin).
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let mut client = connect(&proxy).await;
-        send_text(&mut client, &format!("c{i} hello")).await;
-        assert_eq!(
-            next_message(&mut client).await,
-            Message::text(format!("c{i} hello"))
-        );
-        clients.push(client);
-    }
+    let mut clients = connect_relaying(&proxy, 8).await;
 
     // The upstream restarts: every session holds, buffers, and resumes on its worker.
     upstream

@@ -180,14 +180,6 @@ impl Incoming {
         }
     }
 
-    /// A text or binary message.
-    pub fn is_data(&self) -> bool {
-        match self {
-            Incoming::Small { .. } => true,
-            Incoming::Message(message) => message.is_text() || message.is_binary(),
-        }
-    }
-
     /// An owned message (a copy of a small one's payload, a reference to a `Message`'s).
     pub fn to_message(&self, inline: &Inline) -> Message {
         match self {
@@ -306,6 +298,16 @@ impl<S> WsConn<S> {
         }
     }
 
+    /// Anything but a close may be sent only before either close frame (with tungstenite's
+    /// errors otherwise).
+    fn can_send(&self) -> Result<(), WsError> {
+        match self.state {
+            State::Active => Ok(()),
+            State::Terminated => Err(WsError::AlreadyClosed),
+            _ => Err(WsError::Protocol(ProtocolError::SendAfterClosing)),
+        }
+    }
+
     /// Queues `message` (tungstenite's rules: nothing after our close frame; a second close
     /// is a no-op). The frame is encoded from the reference: the caller keeps the message.
     fn send_message(&mut self, message: &Message) -> Result<(), WsError> {
@@ -319,9 +321,7 @@ impl<S> WsConn<S> {
             }
             return Ok(());
         }
-        if self.state != State::Active {
-            return Err(WsError::Protocol(ProtocolError::SendAfterClosing));
-        }
+        self.can_send()?;
         match message {
             Message::Text(t) => self.queue(TEXT, t.as_bytes()),
             Message::Binary(b) => self.queue(BINARY, b),
@@ -339,26 +339,14 @@ impl<S> WsConn<S> {
             .map(|message| message.map(Incoming::Message))
     }
 
-    /// `on_frame` for a frame read whole into the stack buffer: a small final data frame
-    /// is copied into `inline` instead of onto the heap.
-    fn on_whole_frame(
-        &mut self,
-        h: Header,
-        payload: &[u8],
-        inline: &mut Inline,
-    ) -> Result<Option<Incoming>, WsError> {
-        if !is_small_data(&h) || self.partial.is_some() || !self.state.can_read() {
-            return self.on_frame(h, Payload::Slice(payload));
-        }
-        let text = h.opcode == TEXT;
-        if text {
-            frame::validate_utf8(payload, 0, true)?;
-        }
-        inline[..payload.len()].copy_from_slice(payload);
-        Ok(Some(Incoming::Small {
-            text,
-            len: payload.len(),
-        }))
+    /// A complete frame the relay takes inline: a final data frame of up to `SMALL_INLINE`
+    /// bytes, outside a fragmented message, while the peer may still send.
+    fn takes_inline(&self, h: &Header) -> bool {
+        matches!(h.opcode, TEXT | BINARY)
+            && h.fin
+            && h.len <= SMALL_INLINE
+            && self.partial.is_none()
+            && self.state.can_read()
     }
 
     fn on_frame_message(
@@ -486,7 +474,12 @@ impl<S> WsConn<S> {
                 frame::apply_mask(payload, key);
             }
             at += h.frame_len();
-            if let Some(message) = self.on_whole_frame(h, payload, inline)? {
+            let message = if self.takes_inline(&h) {
+                Some(read_inline(&h, payload, inline)?)
+            } else {
+                self.on_frame(h, Payload::Slice(payload))?
+            };
+            if let Some(message) = message {
                 self.rbuf.extend_from_slice(&data[at..]);
                 return Ok(Some(message));
             }
@@ -506,17 +499,13 @@ impl<S> WsConn<S> {
         if let Some(key) = h.mask {
             frame::apply_mask(&mut self.rbuf[h.header_len..total], key);
         }
-        if is_small_data(&h) && self.partial.is_none() && self.state.can_read() {
-            let rbuf = std::mem::take(&mut self.rbuf);
-            let message = self.on_whole_frame(h, &rbuf[h.header_len..total], inline);
-            self.rbuf = rbuf;
+        if self.takes_inline(&h) {
+            let message = read_inline(&h, &self.rbuf[h.header_len..total], inline);
             self.rbuf.advance(total);
             if self.rbuf.is_empty() {
                 self.rbuf = BytesMut::new();
             }
-            return Ok(Step::Message(
-                message?.expect("a whole data frame is a message"),
-            ));
+            return message.map(Step::Message);
         }
         // A frame that fills most of the buffer becomes the message's memory; a small one
         // is copied, so a message kept for replay never pins a large buffer.
@@ -546,9 +535,18 @@ impl<S> WsConn<S> {
     }
 }
 
-/// A final data frame small enough to be read inline (`Incoming::Small`).
-fn is_small_data(h: &Header) -> bool {
-    matches!(h.opcode, TEXT | BINARY) && h.fin && h.len <= SMALL_INLINE
+/// A frame `takes_inline` accepted, unmasked: its payload UTF-8-checked (text) and copied
+/// into `inline`.
+fn read_inline(h: &Header, payload: &[u8], inline: &mut Inline) -> Result<Incoming, WsError> {
+    let text = h.opcode == TEXT;
+    if text {
+        frame::validate_utf8(payload, 0, true)?;
+    }
+    inline[..payload.len()].copy_from_slice(payload);
+    Ok(Incoming::Small {
+        text,
+        len: payload.len(),
+    })
 }
 
 /// A text message from bytes `frame::validate_utf8` accepted.
@@ -673,8 +671,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         match Data::of(message) {
             Some(data) => self.send_data(data).await,
             None => {
-                std::future::poll_fn(|cx| Pin::new(&mut *self).poll_ready(cx)).await?;
-                self.send_message(message)?;
+                self.feed_ref(message).await?;
                 self.flush().await
             }
         }
@@ -703,13 +700,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         data: Data<'_>,
     ) -> Poll<Result<(), WsError>> {
         ready!(Pin::new(&mut *self).poll_ready(cx))?;
+        self.can_send()?;
         let (opcode, payload) = (data.opcode(), data.payload);
-        if self.state == State::Terminated {
-            return Poll::Ready(Err(WsError::AlreadyClosed));
-        }
-        if self.state != State::Active {
-            return Poll::Ready(Err(WsError::Protocol(ProtocolError::SendAfterClosing)));
-        }
         let direct = self.pending_out() == 0
             && (payload.len() <= DIRECT_SMALL
                 || (self.io.is_write_vectored()

@@ -104,12 +104,10 @@ enum Read {
     Upstream(Option<Result<Incoming, WsError>>),
 }
 
-/// What one read means for the relay loop.
+/// What one read means for the relay loop: a message (data to relay; a ping or pong is
+/// answered already, or is an answer), or that side's end.
 enum Got {
-    /// A text or binary message, to relay.
-    Data(Incoming),
-    /// A ping or pong: answered already (or an answer); nothing to relay.
-    Nothing,
+    Message(Incoming),
     Closed(Close),
     Failed(Fault),
 }
@@ -117,8 +115,7 @@ enum Got {
 fn got(read: Option<Result<Incoming, WsError>>) -> Got {
     match read {
         Some(Ok(Incoming::Message(Message::Close(frame)))) => Got::Closed(close_of(frame)),
-        Some(Ok(incoming)) if incoming.is_data() => Got::Data(incoming),
-        Some(Ok(_)) => Got::Nothing,
+        Some(Ok(incoming)) => Got::Message(incoming),
         Some(Err(e)) => Got::Failed(fault(&e)),
         None => Got::Failed(Fault::Vanished),
     }
@@ -238,14 +235,6 @@ impl Keepalive {
 /// A deadline that never comes, for timers that are off.
 pub(super) fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-fn payload_len(message: &Message) -> Option<usize> {
-    match message {
-        Message::Text(t) => Some(t.len()),
-        Message::Binary(b) => Some(b.len()),
-        _ => None,
-    }
 }
 
 impl<C> Session<C>
@@ -461,11 +450,11 @@ where
                     Read::Client(read) => {
                         self.client_keepalive.heard();
                         let incoming = match got(read) {
-                            Got::Data(incoming) => incoming,
-                            Got::Nothing => continue,
+                            Got::Message(incoming) => incoming,
                             Got::Closed(close) => return Ending::Client(ClientEnd::Closed(close)),
                             Got::Failed(fault) => return Ending::Client(client_end(fault)),
                         };
+                        // Pings and pongs: nothing to relay.
                         let Some(data) = incoming.data(&inline) else { continue };
                         if let Err(fired) = self.admit() {
                             return Ending::Policy(fired);
@@ -490,11 +479,11 @@ where
                     Read::Upstream(read) => {
                         self.upstream_keepalive.heard();
                         let incoming = match got(read) {
-                            Got::Data(incoming) => incoming,
-                            Got::Nothing => continue,
+                            Got::Message(incoming) => incoming,
                             Got::Closed(close) => return Ending::Upstream(UpstreamEnd::Closed(close)),
                             Got::Failed(fault) => return Ending::Upstream(upstream_end(fault)),
                         };
+                        // Pings and pongs: nothing to relay.
                         let Some(data) = incoming.data(&inline) else { continue };
                         if idle_after.is_some() {
                             self.last_data = Instant::now();
@@ -690,7 +679,7 @@ async fn close_faulty_last<A, B>(
             return;
         }
         while let Some(Ok(message)) = first.next().await {
-            if let Some(len) = payload_len(&message) {
+            if let Some(len) = Data::of(&message).map(|d| d.len()) {
                 if faulty.send(message).await.is_err() {
                     return;
                 }

@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::Stream;
-
 /// See the module documentation.
 pub struct Gate {
     flag: Arc<Flag>,
@@ -98,15 +96,6 @@ impl Gate {
         let result = poll(&mut Context::from_waker(&self.waker));
         self.open = result.is_ready();
         result
-    }
-
-    /// `Stream::poll_next` of `stream` behind the gate.
-    pub fn poll_next<S: Stream + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        stream: &mut S,
-    ) -> Poll<Option<S::Item>> {
-        self.poll(cx, |cx| Pin::new(stream).poll_next(cx))
     }
 }
 

@@ -501,6 +501,22 @@ pub async fn connect(proxy: &Proxy) -> Client {
         .0
 }
 
+/// `n` clients through the proxy, each of which has had one message ("hello {i}") echoed:
+/// every session is relaying.
+pub async fn connect_relaying(proxy: &Proxy, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut client = connect(proxy).await;
+        send_text(&mut client, &format!("hello {i}")).await;
+        assert_eq!(
+            next_message(&mut client).await,
+            Message::text(format!("hello {i}"))
+        );
+        clients.push(client);
+    }
+    clients
+}
+
 /// The next text/binary/close message (pings and pongs skipped).
 pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
