@@ -49,8 +49,11 @@ struct Cli {
     #[arg(long)]
     baseline: Option<std::path::PathBuf>,
     /// Only the throughput runs: no memory or resume measurements.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume_only")]
     throughput_only: bool,
+    /// Only the resume measurement (its tail varies from run to run: repeat this).
+    #[arg(long)]
+    resume_only: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -130,7 +133,10 @@ fn main() {
     runtime.block_on(run(cli));
 }
 
-async fn run(cli: Cli) {
+async fn run(mut cli: Cli) {
+    if cli.resume_only {
+        cli.sizes.clear();
+    }
     let dir = tempfile_dir();
     let with_nginx = !cli.no_nginx && procs::nginx_available();
     let echo_addr: SocketAddr = format!("127.0.0.1:{}", procs::free_port()).parse().unwrap();
@@ -209,7 +215,7 @@ async fn run(cli: Cli) {
     if cli.throughput_only {
         proxies.clear();
     }
-    for name in &proxies {
+    for name in proxies.iter().filter(|_| !cli.resume_only) {
         let proxy = start(name, &dir, echo_addr);
         memory.insert(name, measure_memory(&proxy, cli.sessions).await);
         drop(proxy);

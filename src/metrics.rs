@@ -26,6 +26,7 @@ pub const CLOSE_CODES_TOTAL: &str = "holdfast_close_codes_total";
 pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
 pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
 pub const HELD_MESSAGES: &str = "holdfast_held_messages";
+pub const RECONNECTS_WAITING: &str = "holdfast_reconnects_waiting";
 pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
 pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
@@ -81,6 +82,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     pub sessions_active: Gauge,
     pub held_messages: Gauge,
+    pub reconnects_waiting: Gauge,
     hold_duration: Histogram,
     /// `holdfast_messages_total` and `holdfast_bytes_total` by direction, in `Traffic`'s
     /// slot order; `render` writes the traffic sums into them.
@@ -163,6 +165,7 @@ impl Metrics {
         let metrics = Self {
             sessions_active: recorder.register_gauge(&key(SESSIONS_ACTIVE, &[]), &metadata()),
             held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
+            reconnects_waiting: recorder.register_gauge(&key(RECONNECTS_WAITING, &[]), &metadata()),
             hold_duration: recorder
                 .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
             traffic_series: [
@@ -341,6 +344,11 @@ fn describe(recorder: &PrometheusRecorder) {
             "Client messages buffered in holds right now.",
         ),
         (
+            RECONNECTS_WAITING,
+            None,
+            "Reconnect tries of held sessions waiting for a turn (restart.max_reconnecting).",
+        ),
+        (
             UPSTREAM_CONNECTS_TOTAL,
             None,
             "Upstream WebSocket connection attempts, by result.",
@@ -366,7 +374,7 @@ fn describe(recorder: &PrometheusRecorder) {
         let text = SharedString::from(*text);
         if *name == HOLD_DURATION_SECONDS {
             recorder.describe_histogram(key_name, *unit, text);
-        } else if *name == SESSIONS_ACTIVE || *name == HELD_MESSAGES {
+        } else if [SESSIONS_ACTIVE, HELD_MESSAGES, RECONNECTS_WAITING].contains(name) {
             recorder.describe_gauge(key_name, *unit, text);
         } else {
             recorder.describe_counter(key_name, *unit, text);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
@@ -104,12 +105,21 @@ impl Resolver {
     }
 }
 
-/// Round robin over the pool's members, remembering which addresses just failed.
+/// Round robin over the pool's members, remembering which addresses just failed and
+/// pacing reconnects to each address.
 #[derive(Debug, Default)]
 pub struct Pool {
     next: AtomicUsize,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Per address: the `restart.max_reconnecting` it was created with, and its turns.
+    turns: Mutex<HashMap<SocketAddr, (usize, Arc<Semaphore>)>>,
     resolver: Resolver,
+}
+
+/// A turn to reconnect to one address: held for the TCP connect and the handshake.
+#[derive(Debug)]
+pub struct Turn {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pool {
@@ -189,6 +199,37 @@ impl Pool {
             .expect("pool lock")
             .get(&addr)
             .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Waits for a turn to reconnect to `addr`: at most `limit` reconnect tries are in
+    /// flight at once per address (`restart.max_reconnecting`; 0 = no limit), the others
+    /// wait in arrival order. Thousands of sessions held across one restart would otherwise
+    /// dial the new instance together and overflow its accept queue, and a dropped SYN is
+    /// retried by the kernel only after 1 s, then 2 s, then 4 s.
+    pub async fn reconnect_turn(&self, addr: SocketAddr, limit: usize) -> Turn {
+        if limit == 0 {
+            return Turn { _permit: None };
+        }
+        let turns = {
+            let mut all = self.turns.lock().expect("pool lock");
+            match all.get(&addr) {
+                Some((made_for, turns)) if *made_for == limit => turns.clone(),
+                _ => {
+                    // New address, or a reload changed the limit (tries holding a turn of
+                    // the old semaphore finish on it). Addresses nobody waits on or
+                    // connects to are forgotten here, so pods coming and going leave
+                    // nothing behind.
+                    all.retain(|_, (_, turns)| Arc::strong_count(turns) > 1);
+                    let turns = Arc::new(Semaphore::new(limit));
+                    all.insert(addr, (limit, turns.clone()));
+                    turns
+                }
+            }
+        };
+        // The semaphore is never closed: acquiring fails only if it were.
+        Turn {
+            _permit: turns.acquire_owned().await.ok(),
+        }
     }
 
     pub fn mark_failed(&self, addr: SocketAddr) {

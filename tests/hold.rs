@@ -354,3 +354,56 @@ async fn with_hold_off_a_restart_reaches_the_client() {
         (Some(1012), "deploying".into())
     );
 }
+
+#[tokio::test]
+async fn reconnects_to_one_address_are_paced() {
+    const SESSIONS: usize = 12;
+    const TURNS: usize = 3;
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    // No jitter (initial = max): every held session retries at the same instant.
+    let extra = format!(
+        "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"20ms\"\nmax_hold = \"20s\"\nmax_reconnecting = {TURNS}\n"
+    );
+    let proxy = Proxy::start(&[upstream.url()], &extra).await;
+    let mut clients = connect_relaying(&proxy, SESSIONS).await;
+
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    upstream
+        .wait_for("the proxy to answer every close", |log| {
+            log.closes.len() >= SESSIONS
+        })
+        .await;
+    for client in &mut clients {
+        send_text(client, "whoami").await;
+    }
+    // The new instance is slow to handshake: without pacing all twelve would be inside
+    // its handshake at once.
+    upstream.log.lock().unwrap().max_handshaking = 0;
+    let slow = UpstreamBuilder::new()
+        .name("app")
+        .handshake_delay(std::time::Duration::from_millis(100));
+    upstream.start_again(Some(slow)).await;
+    within("a try waiting for its turn", async {
+        while proxy.metric("holdfast_reconnects_waiting").await < 1.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for client in &mut clients {
+        assert_eq!(next_message(client).await, Message::text("app 1"));
+    }
+    let most = upstream.log.lock().unwrap().max_handshaking;
+    assert!(
+        (1..=TURNS).contains(&most),
+        "{most} reconnects in the upstream's handshake at once (max_reconnecting = {TURNS})"
+    );
+    assert_eq!(proxy.metric("holdfast_reconnects_waiting").await, 0.0);
+    assert_eq!(
+        proxy
+            .metric("holdfast_holds_total{outcome=\"resumed\"}")
+            .await,
+        SESSIONS as f64
+    );
+}

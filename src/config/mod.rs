@@ -115,6 +115,8 @@ pub struct Restart {
     pub buffer_messages: usize,
     pub buffer_bytes: usize,
     pub replay_first: usize,
+    /// Reconnect tries in flight at once per upstream address; 0 = no limit.
+    pub max_reconnecting: usize,
     pub give_up: Close,
 }
 

@@ -137,6 +137,7 @@ pub struct RawRestart {
     pub buffer_messages: i64,
     pub buffer_bytes: RawSize,
     pub replay_first: i64,
+    pub max_reconnecting: i64,
     pub give_up_code: i64,
     pub give_up_reason: String,
 }
@@ -153,6 +154,7 @@ impl Default for RawRestart {
             buffer_messages: 1024,
             buffer_bytes: RawSize::Text("1MiB".into()),
             replay_first: 0,
+            max_reconnecting: 128,
             give_up_code: 1012,
             give_up_reason: "upstream restarting; reconnect in 1-5s".into(),
         }
@@ -280,6 +282,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "buffer_messages",
             "buffer_bytes",
             "replay_first",
+            "max_reconnecting",
             "give_up_code",
             "give_up_reason",
         ],

@@ -30,6 +30,10 @@ fn defaults_are_valid_and_match_the_spec() {
     assert!(c.restart.hold && c.restart.on_disconnect);
     assert_eq!(c.restart.codes, vec![1012]);
     assert_eq!(
+        c.restart.max_reconnecting, 128,
+        "holdfast's addition to SPEC"
+    );
+    assert_eq!(
         c.restart.give_up,
         Close::new(1012, "upstream restarting; reconnect in 1-5s")
     );
@@ -98,6 +102,14 @@ fn every_bad_value_is_named_by_its_key() {
         (
             "[restart]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"",
             "restart.backoff_initial",
+        ),
+        (
+            "[restart]\nmax_reconnecting = -1",
+            "restart.max_reconnecting",
+        ),
+        (
+            "[restart]\nmax_reconnecting = 1000001",
+            "restart.max_reconnecting",
         ),
         ("[policy]\ncontext = \"header\"", "policy.context"),
         (

@@ -13,6 +13,9 @@ use super::*;
 use crate::tls;
 use crate::ws::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
 
+/// `restart.max_reconnecting` above this is a typo, not a plan (and a semaphore's bound).
+const MAX_RECONNECTING: i64 = 1_000_000;
+
 /// Collects problems and turns each raw value into its typed form.
 struct Checker<'a> {
     report: &'a mut dyn FnMut(&str, String),
@@ -59,6 +62,14 @@ impl Checker<'_> {
                 0
             }
         }
+    }
+
+    fn count_within(&mut self, key: &str, value: i64, min: i64, max: i64) -> usize {
+        if value > max {
+            self.problem(key, format!("must be at most {max}, got {value}"));
+            return 0;
+        }
+        self.count(key, value, min)
     }
 
     fn count(&mut self, key: &str, value: i64, min: i64) -> usize {
@@ -306,6 +317,12 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         }))
         .unwrap_or(usize::MAX),
         replay_first: c.count("restart.replay_first", r.replay_first, 0),
+        max_reconnecting: c.count_within(
+            "restart.max_reconnecting",
+            r.max_reconnecting,
+            0,
+            MAX_RECONNECTING,
+        ),
         give_up: Close::new(
             c.sendable_code("restart.give_up_code", r.give_up_code),
             c.reason("restart.give_up_reason", &r.give_up_reason),

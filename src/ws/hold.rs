@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
+use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -163,6 +164,14 @@ async fn try_resume(
     let Some(member) = members.into_iter().next() else {
         return Try::Retry("no upstream address resolved".into());
     };
+    // Held for the dial and the handshake: `restart.max_reconnecting` per address.
+    let _turn = {
+        let _waiting = Waiting::new(&shared.metrics.reconnects_waiting);
+        shared
+            .pool
+            .reconnect_turn(member.addr, restart.max_reconnecting)
+            .await
+    };
     let io = match upstream::dial_addr(&member.endpoint, member.addr, &config.upstream).await {
         Ok(io) => io,
         Err(e) => {
@@ -213,6 +222,23 @@ async fn try_resume(
             shared.pool.mark_failed(member.addr);
             Try::Retry(format!("{member}: handshake timed out"))
         }
+    }
+}
+
+/// Counts one try in `holdfast_reconnects_waiting` while it waits for its turn; dropping it
+/// (the turn came, or the hold ended first) counts it out.
+struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -40,6 +40,10 @@ pub struct UpstreamLog {
     pub received: Vec<Message>,
     /// The close frame each connection received from the proxy (None: empty close).
     pub closes: Vec<Option<CloseFrame>>,
+    /// Connections accepted whose WebSocket handshake has not finished yet, and the most
+    /// there were at once.
+    pub handshaking: usize,
+    pub max_handshaking: usize,
 }
 
 /// Sent to every live connection of a test upstream.
@@ -154,6 +158,8 @@ pub struct UpstreamBuilder {
     protocol: Option<String>,
     refuse: Option<(u16, String)>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long each connection waits before its handshake is read (a busy server).
+    handshake_delay: Option<Duration>,
 }
 
 impl UpstreamBuilder {
@@ -174,6 +180,10 @@ impl UpstreamBuilder {
     }
     pub fn refuse(mut self, status: u16, body: &str) -> Self {
         self.refuse = Some((status, body.into()));
+        self
+    }
+    pub fn handshake_delay(mut self, delay: Duration) -> Self {
+        self.handshake_delay = Some(delay);
         self
     }
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
@@ -273,9 +283,18 @@ impl UpstreamBuilder {
         let config = WebSocketConfig::default()
             .max_message_size(None)
             .max_frame_size(None);
-        let Ok(mut ws) =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
-        else {
+        {
+            let mut log = log.lock().unwrap();
+            log.handshaking += 1;
+            log.max_handshaking = log.max_handshaking.max(log.handshaking);
+        }
+        if let Some(delay) = self.handshake_delay {
+            tokio::time::sleep(delay).await;
+        }
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
+        log.lock().unwrap().handshaking -= 1;
+        let Ok(mut ws) = handshake else {
             return;
         };
         loop {
