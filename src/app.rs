@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -25,6 +25,9 @@ use crate::workers::Workers;
 pub struct Shared {
     /// The live configuration; sessions read it at decision points, so a reload reaches them.
     pub config: ArcSwap<Config>,
+    /// Configurations swapped in so far: a session compares it with the count it last saw
+    /// to learn of a reload with one atomic read, instead of loading `config` per message.
+    pub reloads: AtomicU64,
     /// The client-facing TLS configuration, swapped when certificates are reloaded.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
     pub pool: Pool,
@@ -89,6 +92,7 @@ impl App {
             connections: Arc::new(Semaphore::new(config.listen.max_connections)),
             tls: ArcSwapOption::from(config.listen.tls.as_ref().map(|t| t.config.clone())),
             config: ArcSwap::from_pointee(config),
+            reloads: AtomicU64::new(0),
             pool: Pool::new(resolver),
             metrics: Metrics::new(),
             tracker: TaskTracker::new(),
@@ -256,6 +260,8 @@ impl AppHandle {
             _ => needs_restart.push("listen.tls (turning TLS on or off)"),
         }
         shared.config.store(Arc::new(new));
+        // Released after the store: a session that sees the new count reads the new config.
+        shared.reloads.fetch_add(1, Ordering::Release);
         shared.metrics.config_reload(true);
         tracing::info!("configuration reloaded");
         for key in needs_restart {

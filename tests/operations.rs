@@ -187,6 +187,44 @@ async fn a_reload_changes_the_rules_of_a_live_session() {
 }
 
 #[tokio::test]
+async fn a_reload_turns_the_rate_limit_on_for_a_live_session() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let mut client = connect(&proxy).await;
+    // No limit yet: the session has admitted messages before the reload.
+    for i in 0..5 {
+        send_text(&mut client, &format!("before {i}")).await;
+        assert_eq!(
+            next_message(&mut client).await,
+            Message::text(format!("before {i}"))
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let limit = "[policy.rate_limit]\nmessages_per_second = 1\nburst = 2\n";
+    proxy
+        .handle
+        .reload_file(&config_file(&dir, &upstream, limit))
+        .expect("valid config");
+
+    for i in 0..3 {
+        // The third message is over the new limit; the proxy may close before it is written.
+        let _ = client.send(Message::text(format!("after {i}"))).await;
+    }
+    let (code, reason) = loop {
+        match next_message(&mut client).await {
+            Message::Close(f) => {
+                let f = f.expect("a close with a code");
+                break (u16::from(f.code), f.reason.to_string());
+            }
+            _ => continue, // echoes of the two admitted
+        }
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("rate-limit"), "{reason}");
+}
+
+#[tokio::test]
 async fn an_invalid_reload_keeps_the_running_config() {
     let upstream = UpstreamBuilder::new().start().await;
     let rule = "[[rewrite]]\ndirection = \"to_client\"\nfrom = 4000\nto = 4999\n";

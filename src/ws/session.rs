@@ -194,6 +194,8 @@ pub struct Session<C> {
     /// `policy.rate_limit` over client data messages, and the limit it was built for.
     bucket: Option<TokenBucket>,
     bucket_limit: RateLimit,
+    /// `Shared::reloads` when `bucket_limit` was last compared with the live config.
+    reloads_seen: u64,
     /// When the handshake's token expires.
     pub(super) expires_at: Option<Instant>,
 }
@@ -249,6 +251,8 @@ where
         shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
+        // Read before the config: a reload in between is seen at the first message.
+        let reloads_seen = shared.reloads.load(Ordering::Acquire);
         let (replay_first, rate_limit) = {
             let config = shared.config.load();
             (config.restart.replay_first as u64, config.policy.rate_limit)
@@ -274,6 +278,7 @@ where
             last_data: now,
             bucket: TokenBucket::new(rate_limit, now),
             bucket_limit: rate_limit,
+            reloads_seen,
             expires_at: opened.expires_in.map(|d| now + d),
         }
     }
@@ -346,11 +351,15 @@ where
 
     /// `policy.rate_limit`: may the client send a data message now?
     pub(super) fn admit(&mut self) -> Result<(), ProxyPolicy> {
-        let limit = self.shared.config.load().policy.rate_limit;
-        if limit != self.bucket_limit {
-            // A reload changed the limit: this session follows it from now on.
-            self.bucket = TokenBucket::new(limit, Instant::now());
-            self.bucket_limit = limit;
+        let reloads = self.shared.reloads.load(Ordering::Acquire);
+        if reloads != self.reloads_seen {
+            self.reloads_seen = reloads;
+            let limit = self.shared.config.load().policy.rate_limit;
+            if limit != self.bucket_limit {
+                // A reload changed the limit: this session follows it from now on.
+                self.bucket = TokenBucket::new(limit, Instant::now());
+                self.bucket_limit = limit;
+            }
         }
         match &mut self.bucket {
             Some(bucket) => bucket
