@@ -162,17 +162,19 @@ pub fn header_bytes(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; MAX_
 /// XORs `data` with the masking key (masking and unmasking are the same operation), eight
 /// bytes at a time.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes((&*chunk).try_into().expect("8 bytes")) ^ wide;
-        chunk.copy_from_slice(&word.to_ne_bytes());
+    // 32 bytes at a time against the key repeated: a loop of known length over arrays,
+    // which the compiler turns into a few vector instructions (an 8-byte word loop took
+    // ~80 instructions for a 64-byte message).
+    let pattern: [u8; 32] = std::array::from_fn(|i| key[i & 3]);
+    let mut blocks = data.chunks_exact_mut(32);
+    for block in &mut blocks {
+        for (byte, k) in block.iter_mut().zip(&pattern) {
+            *byte ^= k;
+        }
     }
-    // The tail starts at a multiple of 8, so at key index 0.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= key[i & 3];
+    // The rest (under 32 bytes) starts at a multiple of 32, so at key index 0.
+    for (byte, k) in blocks.into_remainder().iter_mut().zip(&pattern) {
+        *byte ^= k;
     }
 }
 
@@ -250,7 +252,8 @@ mod tests {
     #[test]
     fn masking_round_trips_at_every_length() {
         let key = [0x12, 0x34, 0x56, 0x78];
-        for len in 0..40 {
+        // Every mix of 32-byte blocks, 8-byte words and single bytes.
+        for len in 0..140 {
             let original: Vec<u8> = (0..len as u8).collect();
             let mut data = original.clone();
             apply_mask(&mut data, key);
