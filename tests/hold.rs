@@ -367,17 +367,7 @@ async fn reconnects_to_one_address_are_paced() {
     let proxy = Proxy::start(&[upstream.url()], &extra).await;
     let mut clients = connect_relaying(&proxy, SESSIONS).await;
 
-    upstream
-        .go_down(Control::Close(1012, "deploying".into()))
-        .await;
-    upstream
-        .wait_for("the proxy to answer every close", |log| {
-            log.closes.len() >= SESSIONS
-        })
-        .await;
-    for client in &mut clients {
-        send_text(client, "whoami").await;
-    }
+    restart_under(&upstream, &mut clients, "whoami").await;
     // The new instance is slow to handshake: without pacing all twelve would be inside
     // its handshake at once.
     upstream.log.lock().unwrap().max_handshaking = 0;

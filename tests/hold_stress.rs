@@ -21,18 +21,7 @@ async fn a_thousand_held_sessions_all_resume() {
 
     let mut clients = connect_relaying(&proxy, SESSIONS).await;
 
-    upstream
-        .go_down(Control::Close(1012, "deploying".into()))
-        .await;
-    upstream
-        .wait_for("the proxy to answer every close", |log| {
-            log.closes.len() >= SESSIONS
-        })
-        .await;
-    // Every session is held now; each client sends a message that is buffered.
-    for client in &mut clients {
-        send_text(client, "whoami").await;
-    }
+    restart_under(&upstream, &mut clients, "whoami").await;
 
     let back = Instant::now();
     upstream.start_again(None).await;

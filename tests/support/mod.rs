@@ -520,6 +520,24 @@ pub async fn connect(proxy: &Proxy) -> Client {
         .0
 }
 
+/// The upstream restarts under `clients` (1012 to every connection, no more accepting):
+/// waits until the proxy has answered every close, so every session is held, then each
+/// client sends `message`, which the proxy buffers for the next instance.
+pub async fn restart_under(upstream: &TestUpstream, clients: &mut [Client], message: &str) {
+    let before = upstream.log.lock().unwrap().closes.len();
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    upstream
+        .wait_for("the proxy to answer every close", |log| {
+            log.closes.len() >= before + clients.len()
+        })
+        .await;
+    for client in clients.iter_mut() {
+        send_text(client, message).await;
+    }
+}
+
 /// `n` clients through the proxy, each of which has had one message ("hello {i}") echoed:
 /// every session is relaying.
 pub async fn connect_relaying(proxy: &Proxy, n: usize) -> Vec<Client> {
