@@ -215,10 +215,12 @@ async fn run(mut cli: Cli) {
     if cli.throughput_only {
         proxies.clear();
     }
-    for name in proxies.iter().filter(|_| !cli.resume_only) {
-        let proxy = start(name, &dir, echo_addr);
-        memory.insert(name, measure_memory(&proxy, cli.sessions).await);
-        drop(proxy);
+    if !cli.resume_only {
+        for name in &proxies {
+            let proxy = start(name, &dir, echo_addr);
+            memory.insert(name, measure_memory(&proxy, cli.sessions).await);
+            drop(proxy);
+        }
     }
 
     // Resume across an upstream restart.

@@ -333,12 +333,6 @@ impl<S> WsConn<S> {
         Ok(())
     }
 
-    /// A complete frame, unmasked. Returns the message it completes, if any.
-    fn on_frame(&mut self, h: Header, payload: Payload<'_>) -> Result<Option<Incoming>, WsError> {
-        self.on_frame_message(h, payload)
-            .map(|message| message.map(Incoming::Message))
-    }
-
     /// A complete frame the relay takes inline: a final data frame of up to `SMALL_INLINE`
     /// bytes, outside a fragmented message, while the peer may still send.
     fn takes_inline(&self, h: &Header) -> bool {
@@ -349,11 +343,8 @@ impl<S> WsConn<S> {
             && self.state.can_read()
     }
 
-    fn on_frame_message(
-        &mut self,
-        h: Header,
-        payload: Payload<'_>,
-    ) -> Result<Option<Message>, WsError> {
+    /// A complete frame, unmasked. Returns the message it completes, if any.
+    fn on_frame(&mut self, h: Header, payload: Payload<'_>) -> Result<Option<Message>, WsError> {
         if !self.state.can_read() {
             return Err(WsError::Protocol(ProtocolError::ReceivedAfterClosing));
         }
@@ -478,6 +469,7 @@ impl<S> WsConn<S> {
                 Some(read_inline(&h, payload, inline)?)
             } else {
                 self.on_frame(h, Payload::Slice(payload))?
+                    .map(Incoming::Message)
             };
             if let Some(message) = message {
                 self.rbuf.extend_from_slice(&data[at..]);
@@ -502,9 +494,7 @@ impl<S> WsConn<S> {
         if self.takes_inline(&h) {
             let message = read_inline(&h, &self.rbuf[h.header_len..total], inline);
             self.rbuf.advance(total);
-            if self.rbuf.is_empty() {
-                self.rbuf = BytesMut::new();
-            }
+            self.release_empty_rbuf();
             return message.map(Step::Message);
         }
         // A frame that fills most of the buffer becomes the message's memory; a small one
@@ -516,14 +506,18 @@ impl<S> WsConn<S> {
             self.rbuf.advance(total);
             payload
         };
-        if self.rbuf.is_empty() {
-            // Give the buffer back: an idle connection holds none.
-            self.rbuf = BytesMut::new();
-        }
+        self.release_empty_rbuf();
         Ok(match self.on_frame(h, Payload::Owned(payload))? {
-            Some(message) => Step::Message(message),
+            Some(message) => Step::Message(Incoming::Message(message)),
             None => Step::Consumed,
         })
+    }
+
+    /// Gives the read buffer back once it is empty: an idle connection holds none.
+    fn release_empty_rbuf(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
     }
 
     /// The peer's end of stream: clean after its close frame, a reset otherwise.

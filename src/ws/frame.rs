@@ -159,7 +159,7 @@ pub fn header_bytes(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; MAX_
     (h, n)
 }
 
-/// XORs `data` with the masking key (masking and unmasking are the same operation), eight
+/// XORs `data` with the masking key (masking and unmasking are the same operation), 32
 /// bytes at a time.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     // 32 bytes at a time against the key repeated: a loop of known length over arrays,
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn masking_round_trips_at_every_length() {
         let key = [0x12, 0x34, 0x56, 0x78];
-        // Every mix of 32-byte blocks, 8-byte words and single bytes.
+        // Every mix of whole 32-byte blocks and a shorter tail.
         for len in 0..140 {
             let original: Vec<u8> = (0..len as u8).collect();
             let mut data = original.clone();
