@@ -183,11 +183,14 @@ impl Pool {
         }
         let cursor = self.next.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let failed = self.failed.lock().expect("pool lock");
+        let mut failed = self.failed.lock().expect("pool lock");
+        // A failure older than the window moves no one any more: it is forgotten, so the
+        // addresses of pods that are gone do not pile up here.
+        if !failed.is_empty() {
+            failed.retain(|_, at| now.duration_since(*at) < window);
+        }
         let order = try_order(members.len(), cursor, |i| {
-            failed
-                .get(&members[i].addr)
-                .is_some_and(|at| now.duration_since(*at) < window)
+            failed.contains_key(&members[i].addr)
         });
         order.into_iter().map(|i| members[i].clone()).collect()
     }
@@ -303,7 +306,37 @@ pub async fn dial_addr(
 
 #[cfg(test)]
 mod tests {
-    use super::try_order;
+    use super::*;
+
+    /// Failures are remembered only as long as they matter: pods that come and go must not
+    /// leave an entry each behind.
+    #[tokio::test]
+    async fn failures_older_than_the_window_are_forgotten() {
+        let pool = Pool::default();
+        let endpoint = Endpoint {
+            secure: false,
+            host: "127.0.0.1".into(),
+            port: 9,
+        };
+        let (gone, live): (SocketAddr, SocketAddr) = (
+            "127.0.0.2:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+        );
+        pool.mark_failed(gone);
+        pool.mark_failed(live);
+        let hour = Duration::from_secs(3600);
+        pool.members(std::slice::from_ref(&endpoint), hour).await;
+        assert!(
+            pool.is_recently_failed(gone, hour),
+            "within the window: kept"
+        );
+        pool.members(std::slice::from_ref(&endpoint), Duration::ZERO)
+            .await;
+        assert!(
+            pool.failed.lock().unwrap().is_empty(),
+            "past the window: forgotten"
+        );
+    }
 
     #[test]
     fn round_robin_with_recent_failures_last() {
