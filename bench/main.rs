@@ -93,6 +93,10 @@ struct Throughput {
     rates: Vec<f64>,
     cpu_per_echo: Vec<f64>,
     user_per_echo: Vec<f64>,
+    /// Per round: TCP segments sent per echo (every end on loopback), and the proxy's
+    /// voluntary context switches per echo (times it slept and was woken).
+    segments_per_echo: Vec<f64>,
+    switches_per_echo: Vec<f64>,
     /// Every round's latencies, pooled for the percentiles.
     latencies: Vec<u32>,
 }
@@ -178,6 +182,8 @@ async fn run(mut cli: Cli) {
                     let cpu_before = proc_
                         .map(|p| procs::cpu_seconds(p.pid()))
                         .unwrap_or_default();
+                    let switches_before = proc_.map_or(0, |p| procs::context_switches(p.pid()));
+                    let segments_before = procs::tcp_segments_sent();
                     let r = load::closed_loop(
                         *addr,
                         cli.connections,
@@ -185,6 +191,9 @@ async fn run(mut cli: Cli) {
                         Duration::from_secs_f64(cli.seconds),
                     )
                     .await;
+                    let segments = procs::tcp_segments_sent() - segments_before;
+                    let switches =
+                        proc_.map_or(0, |p| procs::context_switches(p.pid())) - switches_before;
                     let (user, system) = proc_
                         .map(|p| procs::cpu_seconds(p.pid()))
                         .unwrap_or_default();
@@ -199,6 +208,8 @@ async fn run(mut cli: Cli) {
                     t.cpu_per_echo
                         .push((user + system - cpu_before.0 - cpu_before.1) * 1e6 / echoes);
                     t.user_per_echo.push((user - cpu_before.0) * 1e6 / echoes);
+                    t.segments_per_echo.push(segments as f64 / echoes);
+                    t.switches_per_echo.push(switches as f64 / echoes);
                     t.latencies.extend(r.latencies_us);
                 }
             }
@@ -387,14 +398,14 @@ fn print_table(
             );
         };
         // A proxy's own CPU: nothing to show for a direct connection.
-        let proxy_row = |what: &str, f: &dyn Fn(&str) -> f64| {
+        let proxy_row = |what: &str, f: &dyn Fn(&str) -> f64, digits: usize| {
             let cells = names
                 .iter()
                 .map(|n| {
                     if *n == "direct" {
                         "—".into()
                     } else {
-                        format!("{:.1}", f(n))
+                        format!("{:.digits$}", f(n))
                     }
                 })
                 .collect();
@@ -403,8 +414,24 @@ fn print_table(
         measured_row("echoes/s", &rate);
         measured_row("p50 µs", &|n| pct(n, 50.0) as f64);
         measured_row("p99 µs", &|n| pct(n, 99.0) as f64);
-        proxy_row("proxy CPU ms / 1,000 echoes", &cpu);
-        proxy_row("… of which user space", &user);
+        proxy_row("proxy CPU ms / 1,000 echoes", &cpu, 1);
+        proxy_row("… of which user space", &user, 1);
+        let segments = |n: &str| get(n).map_or(0.0, |t| median(&t.segments_per_echo));
+        let switches = |n: &str| get(n).map_or(0.0, |t| median(&t.switches_per_echo));
+        // Kernel work that CPU time only shows through noise: packets and wake-ups.
+        row(
+            "TCP segments / echo",
+            names
+                .iter()
+                .map(|n| format!("{:.2}", segments(n)))
+                .collect(),
+            ratio(segments("holdfast"), nginx_or(&segments)),
+            ratio(segments("holdfast"), segments("direct")),
+        );
+        proxy_row("proxy wake-ups / echo", &switches, 2);
+    }
+    if with_nginx {
+        print_paired(cli, results);
     }
     let mem = |n: &str, i: usize| {
         memory
@@ -453,6 +480,54 @@ fn print_table(
         cli.sessions,
         cells.join(" | ")
     );
+}
+
+/// Holdfast against nginx round by round: the two runs of one round are seconds apart, so
+/// a disturbance of the shared machine that moves a whole round moves both. The spread of
+/// these ratios says how far one run's verdict can be trusted.
+fn print_paired(cli: &Cli, results: &BTreeMap<(usize, String), Throughput>) {
+    println!();
+    println!(
+        "| holdfast / nginx within each round | median | range | rounds where holdfast is at least as good |"
+    );
+    println!("|---|---|---|---|");
+    for &size in &cli.sizes {
+        let (Some(h), Some(n)) = (
+            results.get(&(size, "holdfast".to_owned())),
+            results.get(&(size, "nginx".to_owned())),
+        ) else {
+            continue;
+        };
+        let rows: [(&str, fn(&Throughput) -> &Vec<f64>, bool); 2] = [
+            ("echoes/s", |t| &t.rates, true),
+            ("proxy CPU / echo", |t| &t.cpu_per_echo, false),
+        ];
+        for (what, field, higher_is_better) in rows {
+            let ratios: Vec<f64> = field(h)
+                .iter()
+                .zip(field(n))
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect();
+            let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ratios.iter().copied().fold(0.0, f64::max);
+            let good = ratios
+                .iter()
+                .filter(|r| {
+                    if higher_is_better {
+                        **r >= 1.0
+                    } else {
+                        **r <= 1.0
+                    }
+                })
+                .count();
+            println!(
+                "| {size} B {what} | {:.2} | {low:.2}–{high:.2} | {good} of {} |",
+                median(&ratios),
+                ratios.len()
+            );
+        }
+    }
 }
 
 async fn ws_connect(url: &str) -> Option<load::Client> {

@@ -61,6 +61,42 @@ pub fn cpu_seconds(pid: u32) -> (f64, f64) {
         .fold((0.0, 0.0), |(u, s), (du, ds)| (u + du, s + ds))
 }
 
+/// TCP segments sent so far in this network namespace (`OutSegs` in `/proc/net/snmp`): on
+/// loopback both ends of every connection count, so per echo it shows how many packets,
+/// data and pure ACKs, the kernel carried for it.
+pub fn tcp_segments_sent() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Context switches so far of `pid` and its threads and children (voluntary: the process
+/// slept waiting for I/O and was woken).
+pub fn context_switches(pid: u32) -> u64 {
+    family(pid)
+        .into_iter()
+        .flat_map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Resident memory in KiB of `pid` and its children.
 pub fn rss_kib(pid: u32) -> u64 {
     family(pid)
