@@ -498,14 +498,14 @@ fn print_paired(cli: &Cli, results: &BTreeMap<(usize, String), Throughput>) {
         ) else {
             continue;
         };
-        let rows: [(&str, fn(&Throughput) -> &Vec<f64>, bool); 2] = [
-            ("echoes/s", |t| &t.rates, true),
-            ("proxy CPU / echo", |t| &t.cpu_per_echo, false),
+        let rows = [
+            ("echoes/s", &h.rates, &n.rates, true),
+            ("proxy CPU / echo", &h.cpu_per_echo, &n.cpu_per_echo, false),
         ];
-        for (what, field, higher_is_better) in rows {
-            let ratios: Vec<f64> = field(h)
+        for (what, holdfast, nginx, higher_is_better) in rows {
+            let ratios: Vec<f64> = holdfast
                 .iter()
-                .zip(field(n))
+                .zip(nginx)
                 .filter(|(_, b)| **b > 0.0)
                 .map(|(a, b)| a / b)
                 .collect();
