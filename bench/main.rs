@@ -10,6 +10,8 @@ mod copy;
 mod echo;
 mod load;
 mod procs;
+#[cfg(target_os = "linux")]
+mod uring_copy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +60,10 @@ struct Cli {
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
     tokio_copy: bool,
+    /// Also measure a plain byte relay on io_uring, the ring as the event loop (a "uring
+    /// copy" column): what a different event-loop model would save, against the tokio copy.
+    #[arg(long)]
+    uring_copy: bool,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +84,13 @@ enum Cmd {
     },
     /// (internal, `--tokio-copy`) a plain tokio byte relay to `upstream`.
     TokioCopy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
+    /// (internal, `--uring-copy`) a plain io_uring byte relay to `upstream`.
+    UringCopy {
         #[arg(long)]
         listen: SocketAddr,
         #[arg(long)]
@@ -120,6 +133,10 @@ fn main() {
     match cli.command {
         Some(Cmd::Echo { listen }) => return echo::run(listen),
         Some(Cmd::TokioCopy { listen, upstream }) => return copy::run(listen, upstream),
+        #[cfg(target_os = "linux")]
+        Some(Cmd::UringCopy { listen, upstream }) => return uring_copy::run(listen, upstream),
+        #[cfg(not(target_os = "linux"))]
+        Some(Cmd::UringCopy { .. }) => panic!("io_uring is Linux only"),
         Some(Cmd::AutobahnClient { server, agent }) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -171,9 +188,17 @@ async fn run(mut cli: Cli) {
         if let Some(b) = &baseline {
             targets.push(("baseline", b.addr, Some(b)));
         }
-        let copy = cli.tokio_copy.then(|| procs::start_tokio_copy(echo_addr));
+        let copy = cli
+            .tokio_copy
+            .then(|| procs::start_relay("tokio-copy", echo_addr));
         if let Some(c) = &copy {
             targets.push(("tokio copy", c.addr, Some(c)));
+        }
+        let uring = cli
+            .uring_copy
+            .then(|| procs::start_relay("uring-copy", echo_addr));
+        if let Some(c) = &uring {
+            targets.push(("uring copy", c.addr, Some(c)));
         }
         targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
         for &size in &cli.sizes {
@@ -247,6 +272,9 @@ async fn run(mut cli: Cli) {
     drop(echo);
 
     print_table(&cli, &results, &memory, &resume, with_nginx);
+    if with_nginx {
+        print_paired(&cli, &results);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -347,6 +375,9 @@ fn print_table(
     if cli.tokio_copy {
         names.insert(names.len() - 1, "tokio copy");
     }
+    if cli.uring_copy {
+        names.insert(names.len() - 1, "uring copy");
+    }
     println!();
     println!(
         "| {} conns closed loop, median of {} alternating rounds × {:.0} s | {} | holdfast/nginx | holdfast/direct |",
@@ -364,11 +395,7 @@ fn print_table(
         }
     };
     for &size in &cli.sizes {
-        let label = match size {
-            64 => "64 B".to_owned(),
-            65536 => "64 KiB".to_owned(),
-            n => format!("{n} B"),
-        };
+        let label = size_label(size);
         let label = label.as_str();
         let get = |n: &str| results.get(&(size, n.to_owned()));
         let rate = |n: &str| get(n).map_or(0.0, |t| median(&t.rates));
@@ -430,9 +457,6 @@ fn print_table(
         );
         proxy_row("proxy wake-ups / echo", &switches, 2);
     }
-    if with_nginx {
-        print_paired(cli, results);
-    }
     let mem = |n: &str, i: usize| {
         memory
             .get(n)
@@ -482,6 +506,14 @@ fn print_table(
     );
 }
 
+fn size_label(size: usize) -> String {
+    match size {
+        64 => "64 B".to_owned(),
+        65536 => "64 KiB".to_owned(),
+        n => format!("{n} B"),
+    }
+}
+
 /// Holdfast against nginx round by round: the two runs of one round are seconds apart, so
 /// a disturbance of the shared machine that moves a whole round moves both. The spread of
 /// these ratios says how far one run's verdict can be trusted.
@@ -522,7 +554,8 @@ fn print_paired(cli: &Cli, results: &BTreeMap<(usize, String), Throughput>) {
                 })
                 .count();
             println!(
-                "| {size} B {what} | {:.2} | {low:.2}–{high:.2} | {good} of {} |",
+                "| {} {what} | {:.2} | {low:.2}–{high:.2} | {good} of {} |",
+                size_label(size),
                 median(&ratios),
                 ratios.len()
             );

@@ -181,15 +181,16 @@ pub fn holdfast_binary() -> PathBuf {
     exe.parent().expect("target dir").join("holdfast")
 }
 
-/// `--tokio-copy`: this binary's plain tokio byte relay in front of `upstream`.
-pub fn start_tokio_copy(upstream: SocketAddr) -> Proc {
+/// `--tokio-copy`, `--uring-copy`: this binary's plain byte relay `kind` (its subcommand)
+/// in front of `upstream`.
+pub fn start_relay(kind: &str, upstream: SocketAddr) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new(std::env::current_exe().expect("own path"))
-        .args(["tokio-copy", "--listen", &addr.to_string()])
+        .args([kind, "--listen", &addr.to_string()])
         .args(["--upstream", &upstream.to_string()])
         .spawn()
-        .expect("start the tokio copy relay");
-    wait_listening(addr, "tokio copy");
+        .unwrap_or_else(|e| panic!("start the {kind} relay: {e}"));
+    wait_listening(addr, kind);
     Proc { child, addr }
 }
 
