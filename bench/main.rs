@@ -2,7 +2,8 @@
 //! only. `bench/run.sh` builds the release binaries and runs this; see README "Performance".
 //!
 //! Measures, alternating targets round by round: closed-loop echo throughput and latency
-//! (64 B and 64 KiB), proxy CPU per 1,000 echoes, RSS per idle proxied session, RSS after
+//! (64 B and 64 KiB), proxy CPU per 1,000 echoes, TCP segments and proxy wake-ups per echo,
+//! holdfast/nginx ratios within each round, RSS per idle proxied session, RSS after
 //! every session relayed one 256 KiB message, and the resume of held sessions across an
 //! upstream restart (holdfast) — or what a byte relay does then (nginx).
 
@@ -216,9 +217,11 @@ async fn run(mut cli: Cli) {
                         Duration::from_secs_f64(cli.seconds),
                     )
                     .await;
-                    let segments = procs::tcp_segments_sent() - segments_before;
-                    let switches =
-                        proc_.map_or(0, |p| procs::context_switches(p.pid())) - switches_before;
+                    let segments = procs::tcp_segments_sent().saturating_sub(segments_before);
+                    // Saturating: a thread that exited during the run takes its count along.
+                    let switches = proc_
+                        .map_or(0, |p| procs::context_switches(p.pid()))
+                        .saturating_sub(switches_before);
                     let (user, system) = proc_
                         .map(|p| procs::cpu_seconds(p.pid()))
                         .unwrap_or_default();
