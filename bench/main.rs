@@ -275,7 +275,7 @@ async fn run(mut cli: Cli) {
     drop(echo);
 
     print_table(&cli, &results, &memory, &resume, with_nginx);
-    if with_nginx {
+    if with_nginx && !results.is_empty() {
         print_paired(&cli, &results);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -419,10 +419,10 @@ fn print_table(
             );
         };
         // Measured for every target, compared with nginx and with a direct connection.
-        let measured_row = |what: &str, f: &dyn Fn(&str) -> f64| {
+        let measured_row = |what: &str, f: &dyn Fn(&str) -> f64, digits: usize| {
             row(
                 what,
-                names.iter().map(|n| format!("{:.0}", f(n))).collect(),
+                names.iter().map(|n| format!("{:.digits$}", f(n))).collect(),
                 ratio(f("holdfast"), nginx_or(f)),
                 ratio(f("holdfast"), f("direct")),
             );
@@ -441,23 +441,15 @@ fn print_table(
                 .collect();
             row(what, cells, ratio(f("holdfast"), nginx_or(f)), "—".into());
         };
-        measured_row("echoes/s", &rate);
-        measured_row("p50 µs", &|n| pct(n, 50.0) as f64);
-        measured_row("p99 µs", &|n| pct(n, 99.0) as f64);
+        measured_row("echoes/s", &rate, 0);
+        measured_row("p50 µs", &|n| pct(n, 50.0) as f64, 0);
+        measured_row("p99 µs", &|n| pct(n, 99.0) as f64, 0);
         proxy_row("proxy CPU ms / 1,000 echoes", &cpu, 1);
         proxy_row("… of which user space", &user, 1);
         let segments = |n: &str| get(n).map_or(0.0, |t| median(&t.segments_per_echo));
         let switches = |n: &str| get(n).map_or(0.0, |t| median(&t.switches_per_echo));
         // Kernel work that CPU time only shows through noise: packets and wake-ups.
-        row(
-            "TCP segments / echo",
-            names
-                .iter()
-                .map(|n| format!("{:.2}", segments(n)))
-                .collect(),
-            ratio(segments("holdfast"), nginx_or(&segments)),
-            ratio(segments("holdfast"), segments("direct")),
-        );
+        measured_row("TCP segments / echo", &segments, 2);
         proxy_row("proxy wake-ups / echo", &switches, 2);
     }
     let mem = |n: &str, i: usize| {

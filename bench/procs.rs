@@ -88,12 +88,7 @@ pub fn context_switches(pid: u32) -> u64 {
                 .flatten()
         })
         .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .map(|s| {
-            s.lines()
-                .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .filter_map(|v| v.trim().parse::<u64>().ok())
-                .sum::<u64>()
-        })
+        .filter_map(|s| status_number(&s, "voluntary_ctxt_switches:"))
         .sum()
 }
 
@@ -102,12 +97,14 @@ pub fn rss_kib(pid: u32) -> u64 {
     family(pid)
         .into_iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
+        .filter_map(|s| status_number(&s, "VmRSS:"))
         .sum()
+}
+
+/// The number after `key` in a `/proc/…/status` text (`VmRSS:  1234 kB` gives 1234).
+fn status_number(status: &str, key: &str) -> Option<u64> {
+    let value = status.lines().find_map(|l| l.strip_prefix(key))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str) {

@@ -10,8 +10,8 @@
 //! per echo against the tokio copy column is what the event-loop model is worth, for any
 //! proxy on this kernel.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{IoUring, opcode, squeue, types};
 
@@ -19,10 +19,11 @@ const BUF: usize = 4096;
 /// `user_data` of the accept in flight; a relay operation's is its pair and its kind.
 const ACCEPT: u64 = u64::MAX;
 
-/// A client connection and its upstream connection. Direction `d` reads `fd[d]` into
-/// `buf[d]` and writes it to `fd[1 - d]`; each direction has one operation in flight.
+/// A client connection and its upstream connection. Direction `d` reads `socket[d]` into
+/// `buf[d]` and writes it to `socket[1 - d]`; each direction has one operation in flight.
+/// Dropping the pair closes both sockets.
 struct Pair {
-    fd: [RawFd; 2],
+    socket: [TcpStream; 2],
     /// Boxed: an operation in flight points into it, and `Pair`s move inside the slab.
     buf: [Box<[u8; BUF]>; 2],
     filled: [usize; 2],
@@ -66,6 +67,8 @@ fn worker(listener: RawFd, upstream: SocketAddr) {
         .user_data(ACCEPT)
     };
     let mut queued: Vec<squeue::Entry> = vec![accept()];
+    // Reused every pass: the loop allocates only for connections.
+    let mut done: Vec<(u64, i32)> = Vec::new();
     loop {
         {
             let mut sq = ring.submission();
@@ -76,11 +79,8 @@ fn worker(listener: RawFd, upstream: SocketAddr) {
             }
         }
         ring.submit_and_wait(1).expect("uring-copy: io_uring_enter");
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (data, result) in done {
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (data, result) in done.drain(..) {
             if data == ACCEPT {
                 queued.push(accept());
                 if result >= 0
@@ -116,10 +116,6 @@ fn worker(listener: RawFd, upstream: SocketAddr) {
                 });
             }
             if pair.closed && pair.in_flight == 0 {
-                for fd in pair.fd {
-                    // SAFETY: the pair owns both descriptors and nothing uses them now.
-                    unsafe { libc::close(fd) };
-                }
                 pairs[i] = None;
                 free.push(i);
             }
@@ -140,25 +136,12 @@ fn ring(entries: u32) -> std::io::Result<IoUring> {
 /// The upstream connection for a client just accepted (blocking: loopback, and the bench
 /// connects before it measures).
 fn connect(client: RawFd, upstream: SocketAddr) -> Option<Pair> {
-    let Ok(upstream) = TcpStream::connect(upstream) else {
-        // SAFETY: the accepted descriptor is ours and used nowhere else.
-        unsafe { libc::close(client) };
-        return None;
-    };
-    let _ = upstream.set_nodelay(true);
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and an int option of the right size.
-    unsafe {
-        libc::setsockopt(
-            client,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    // SAFETY: the descriptor the accept returned is a new socket nothing else owns.
+    let client = unsafe { TcpStream::from_raw_fd(client) };
+    let upstream = TcpStream::connect(upstream).ok()?;
+    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
     Some(Pair {
-        fd: [client, upstream.into_raw_fd()],
+        socket: [client, upstream],
         buf: [Box::new([0; BUF]), Box::new([0; BUF])],
         filled: [0; 2],
         sent: [0; 2],
@@ -168,19 +151,20 @@ fn connect(client: RawFd, upstream: SocketAddr) -> Option<Pair> {
 }
 
 impl Pair {
-    /// Ends both connections; the descriptors are closed once no operation is in flight.
+    /// Ends both connections; the pair is dropped (its sockets closed) once no operation
+    /// is in flight.
     fn close(&mut self) {
         self.closed = true;
-        for fd in self.fd {
-            // SAFETY: shutting down a descriptor the pair owns.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        for socket in &self.socket {
+            let _ = socket.shutdown(Shutdown::Both);
         }
     }
 }
 
 fn recv(pair: &mut Pair, i: usize, d: usize) -> squeue::Entry {
     pair.in_flight += 1;
-    opcode::Recv::new(types::Fd(pair.fd[d]), pair.buf[d].as_mut_ptr(), BUF as u32)
+    let from = types::Fd(pair.socket[d].as_raw_fd());
+    opcode::Recv::new(from, pair.buf[d].as_mut_ptr(), BUF as u32)
         .build()
         .user_data(((i as u64) << 2) | d as u64)
 }
@@ -188,7 +172,8 @@ fn recv(pair: &mut Pair, i: usize, d: usize) -> squeue::Entry {
 fn send(pair: &mut Pair, i: usize, d: usize) -> squeue::Entry {
     pair.in_flight += 1;
     let rest = &pair.buf[d][pair.sent[d]..pair.filled[d]];
-    opcode::Send::new(types::Fd(pair.fd[1 - d]), rest.as_ptr(), rest.len() as u32)
+    let to = types::Fd(pair.socket[1 - d].as_raw_fd());
+    opcode::Send::new(to, rest.as_ptr(), rest.len() as u32)
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(((i as u64) << 2) | 2 | d as u64)
