@@ -111,6 +111,10 @@ impl App {
     /// Serves connections on `workers` (one runtime per thread, connections handed out in
     /// turn) instead of on the runtime `run` is called on.
     pub fn with_workers(mut self, workers: Arc<Workers>) -> App {
+        self.shared
+            .metrics
+            .io_uring_workers
+            .set(workers.on_io_uring() as f64);
         self.workers = Some(workers);
         self
     }

@@ -8,6 +8,7 @@
 //! * `metrics`  — every metric name and its typed helper
 //! * `listener` — accept loop, `max_connections`, TLS handshake
 //! * `workers`  — thread-per-core: one runtime per thread, connections handed out in turn
+//! * `ring`     — a worker's io_uring, and plain sockets on it (`socket::Plain`)
 //! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
 //! * `forward`  — plain HTTP passthrough to the upstream
 //! * `ws`       — handshake, the session task, the close-code pipeline, the frame codec
@@ -24,6 +25,9 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+#[cfg(target_os = "linux")]
+pub mod ring;
+pub mod socket;
 pub mod tls;
 pub mod upstream;
 pub mod workers;

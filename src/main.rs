@@ -33,8 +33,18 @@ struct Cli {
     /// CPU available to the process].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// How workers do socket I/O on plain TCP connections: `io-uring` (where the kernel
+    /// allows it; else epoll, with a warning) or `epoll`. TLS connections always use epoll.
+    #[arg(long, value_enum, default_value_t = Io::IoUring)]
+    io: Io,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Io {
+    IoUring,
+    Epoll,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,7 +112,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Demo { .. }) => unreachable!("handled above"),
-        None => run(loaded.config, cli.config, cli.workers.map(usize::from)),
+        None => run(
+            loaded.config,
+            cli.config,
+            cli.workers.map(usize::from),
+            cli.io == Io::IoUring,
+        ),
     }
 }
 
@@ -123,7 +138,7 @@ fn demo(serve: bool, listen: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCode {
+fn run(config: config::Config, path: PathBuf, workers: Option<usize>, io_uring: bool) -> ExitCode {
     // Each session holds two sockets: use every file descriptor the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
@@ -137,7 +152,7 @@ fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCod
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .and_then(|rt| Ok((rt, Arc::new(Workers::start(count)?))));
+        .and_then(|rt| Ok((rt, Arc::new(Workers::start(count, io_uring)?))));
     let (runtime, workers) = match runtime {
         Ok(pair) => pair,
         Err(e) => {
@@ -156,6 +171,7 @@ fn run(config: config::Config, path: PathBuf, workers: Option<usize>) -> ExitCod
         tracing::info!(
             address = %app.proxy_addr(),
             workers = workers.len(),
+            io_uring_workers = workers.on_io_uring(),
             admin = %app.admin_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             config = %path.display(),
             "holdfast listening"

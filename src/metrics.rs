@@ -27,6 +27,7 @@ pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
 pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
 pub const HELD_MESSAGES: &str = "holdfast_held_messages";
 pub const RECONNECTS_WAITING: &str = "holdfast_reconnects_waiting";
+pub const IO_URING_WORKERS: &str = "holdfast_io_uring_workers";
 pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
 pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
@@ -83,6 +84,7 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     pub held_messages: Gauge,
     pub reconnects_waiting: Gauge,
+    pub io_uring_workers: Gauge,
     hold_duration: Histogram,
     /// `holdfast_messages_total` and `holdfast_bytes_total` by direction, in `Traffic`'s
     /// slot order; `render` writes the traffic sums into them.
@@ -166,6 +168,7 @@ impl Metrics {
             sessions_active: recorder.register_gauge(&key(SESSIONS_ACTIVE, &[]), &metadata()),
             held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
             reconnects_waiting: recorder.register_gauge(&key(RECONNECTS_WAITING, &[]), &metadata()),
+            io_uring_workers: recorder.register_gauge(&key(IO_URING_WORKERS, &[]), &metadata()),
             hold_duration: recorder
                 .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
             traffic_series: [
@@ -349,6 +352,11 @@ fn describe(recorder: &PrometheusRecorder) {
             "Reconnect tries of held sessions waiting for a turn (restart.max_reconnecting).",
         ),
         (
+            IO_URING_WORKERS,
+            None,
+            "Worker threads whose plain TCP sockets use io_uring (the rest use epoll).",
+        ),
+        (
             UPSTREAM_CONNECTS_TOTAL,
             None,
             "Upstream WebSocket connection attempts, by result.",
@@ -374,7 +382,14 @@ fn describe(recorder: &PrometheusRecorder) {
         let text = SharedString::from(*text);
         if *name == HOLD_DURATION_SECONDS {
             recorder.describe_histogram(key_name, *unit, text);
-        } else if [SESSIONS_ACTIVE, HELD_MESSAGES, RECONNECTS_WAITING].contains(name) {
+        } else if [
+            SESSIONS_ACTIVE,
+            HELD_MESSAGES,
+            RECONNECTS_WAITING,
+            IO_URING_WORKERS,
+        ]
+        .contains(name)
+        {
             recorder.describe_gauge(key_name, *unit, text);
         } else {
             recorder.describe_counter(key_name, *unit, text);

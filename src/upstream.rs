@@ -18,11 +18,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::config::{Endpoint, Upstream};
+use crate::socket::Plain;
 
 /// A connection to an upstream, plain or TLS.
 /// The TLS variant is boxed: a rustls connection is over a kilobyte, and plain sessions
 /// should not carry that size in their task.
-pub type UpstreamIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+pub type UpstreamIo = Either<Plain, Box<TlsStream<TcpStream>>>;
 
 /// Why a dial failed; the variant is the `result` label of `holdfast_upstream_connects_total`.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +286,8 @@ pub async fn dial_addr(
         // Frames are small and latency-sensitive; never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if !endpoint.secure {
-            return Ok(Either::Left(tcp));
+            let plain = Plain::new(tcp).map_err(|source| DialError::Io { addr, source })?;
+            return Ok(Either::Left(plain));
         }
         let name = config
             .server_name

@@ -11,8 +11,8 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::net::TcpStream;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Workers {
     handles: Vec<Handle>,
+    io_uring: usize,
     next: AtomicUsize,
     stop: CancellationToken,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -29,26 +30,60 @@ pub struct Workers {
 impl Workers {
     /// Starts `count` (at least one) worker threads, each running its own runtime with
     /// I/O and timers only: signals and child processes are the main thread's business, and
-    /// every layer a runtime enables is visited each time it parks.
-    pub fn start(count: usize) -> io::Result<Workers> {
+    /// every layer a runtime enables is visited each time it parks. With `io_uring`, each
+    /// worker also tries to set up its ring (Linux); one that cannot serves on epoll.
+    pub fn start(count: usize, io_uring: bool) -> io::Result<Workers> {
         let count = count.max(1);
         let stop = CancellationToken::new();
+        let on_ring = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started) = std::sync::mpsc::channel();
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_io().enable_time();
+            #[cfg(target_os = "linux")]
+            if io_uring {
+                // Queued ring operations go to the kernel before the thread sleeps.
+                builder.on_thread_park(|| {
+                    crate::ring::flush();
+                });
+            }
+            let runtime = builder.build()?;
+            let on_ring = on_ring.clone();
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
+            let started = started_tx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("holdfast-worker-{index}"))
-                    .spawn(move || runtime.block_on(stop.cancelled()))?,
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            #[cfg(target_os = "linux")]
+                            if io_uring {
+                                match crate::ring::install() {
+                                    Ok(()) => {
+                                        on_ring.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(e) => tracing::warn!(
+                                        error = %e,
+                                        "io_uring unavailable (an old kernel, or a seccomp profile that refuses it); this worker uses epoll"
+                                    ),
+                                }
+                            }
+                            let _ = started.send(());
+                            stop.cancelled().await
+                        })
+                    })?,
             );
         }
+        drop(started_tx);
+        // Every worker has tried its ring before the first connection arrives.
+        for _ in 0..count {
+            let _ = started.recv();
+        }
         Ok(Workers {
+            io_uring: on_ring.load(Ordering::Relaxed),
             handles,
             next: AtomicUsize::new(0),
             stop,
@@ -59,6 +94,11 @@ impl Workers {
     /// How many workers there are.
     pub fn len(&self) -> usize {
         self.handles.len()
+    }
+
+    /// How many workers run their plain TCP sockets on io_uring (`ring.rs`).
+    pub fn on_io_uring(&self) -> usize {
+        self.io_uring
     }
 
     /// Always false: `start` makes at least one worker.

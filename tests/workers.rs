@@ -15,8 +15,26 @@ const FAST: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_on_worker_threads_relay_hold_and_drain() {
-    let workers = Arc::new(Workers::start(2).expect("worker threads start"));
+    relay_hold_and_drain(false).await;
+}
+
+/// The same on workers whose plain sockets go through io_uring (where this kernel allows
+/// it: the test says so when it does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_io_uring_workers_relay_hold_and_drain() {
+    relay_hold_and_drain(true).await;
+}
+
+async fn relay_hold_and_drain(io_uring: bool) {
+    let workers = Arc::new(Workers::start(2, io_uring).expect("worker threads start"));
     assert_eq!(workers.len(), 2);
+    if io_uring {
+        assert_eq!(
+            workers.on_io_uring(),
+            2,
+            "io_uring with DEFER_TASKRUN (Linux 6.1+) is refused here; see the worker's warning"
+        );
+    }
     let upstream = UpstreamBuilder::new().name("app").start().await;
     let mut proxy = Proxy::start_on_workers(&[upstream.url()], FAST, workers.clone()).await;
 
@@ -49,6 +67,10 @@ async fn sessions_on_worker_threads_relay_hold_and_drain() {
             .metric("holdfast_holds_total{outcome=\"resumed\"}")
             .await,
         8.0
+    );
+    assert_eq!(
+        proxy.metric("holdfast_io_uring_workers").await,
+        if io_uring { 2.0 } else { 0.0 }
     );
     // Traffic counted on both worker threads adds up in one series.
     assert_eq!(

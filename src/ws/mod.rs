@@ -28,31 +28,38 @@ use crate::app::Shared;
 use crate::config::{self, Config};
 use crate::http::{Body, ConnInfo};
 use crate::policy::token;
+use crate::socket::Plain;
 use crate::upstream;
 use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
 
-/// The client's connection after the upgrade: the TCP or TLS stream itself when hyper hands
-/// it back (every read then skips hyper's upgrade wrappers), else hyper's `Upgraded`.
+/// The client's connection after the upgrade: the TCP (maybe on the worker's ring) or TLS
+/// stream itself when hyper hands it back (every read then skips hyper's upgrade wrappers),
+/// else hyper's `Upgraded`.
 pub type ClientIo =
-    Either<TcpStream, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
+    Either<Plain, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
 
 /// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
 /// already read past the request.
-fn client_io(upgraded: Upgraded) -> (ClientIo, Bytes) {
+fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => return (Either::Left(parts.io.into_inner()), parts.read_buf),
+        Ok(parts) => {
+            let plain = Plain::new(parts.io.into_inner())?;
+            return Ok((Either::Left(plain), parts.read_buf));
+        }
         Err(other) => other,
     };
-    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-        Ok(parts) => (
-            Either::Right(Either::Left(Box::new(parts.io.into_inner()))),
-            parts.read_buf,
-        ),
-        Err(other) => (
-            Either::Right(Either::Right(TokioIo::new(other))),
-            Bytes::new(),
-        ),
-    }
+    Ok(
+        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Ok(parts) => (
+                Either::Right(Either::Left(Box::new(parts.io.into_inner()))),
+                parts.read_buf,
+            ),
+            Err(other) => (
+                Either::Right(Either::Right(TokioIo::new(other))),
+                Bytes::new(),
+            ),
+        },
+    )
 }
 
 /// An upstream WebSocket connection, over TCP or TLS.
@@ -194,7 +201,7 @@ pub async fn accept(
     let shared_for_session = shared.clone();
     shared.tracker.spawn(async move {
         let permit = conn.permit;
-        let upgraded = match on_upgrade.await {
+        let upgraded = match on_upgrade.await.map_err(std::io::Error::other).and_then(client_io) {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
@@ -208,7 +215,7 @@ pub async fn accept(
         let client = {
             // `already_read` shares hyper's whole read buffer: `new` copies what is in it,
             // and the buffer goes before the session starts.
-            let (io, already_read) = client_io(upgraded);
+            let (io, already_read) = upgraded;
             conn::WsConn::new(io, frame::Role::Server, limits, &already_read)
         };
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
