@@ -84,15 +84,19 @@ struct Slot {
     writer: Option<Waker>,
     /// The `RingStream` is gone: the slot goes once nothing is in flight.
     dropped: bool,
-    in_flight: u8,
+}
+
+impl Slot {
+    fn in_flight(&self) -> bool {
+        self.recv_in_flight || self.send_in_flight
+    }
 }
 
 struct Driver {
     id: u32,
-    // Dropped first: closing the ring cancels whatever still points into `pool`.
+    // Dropped first: closing the ring cancels whatever still points into `buffers`.
     ring: IoUring,
     buffers: BufRing,
-    pool: Box<[u8]>,
     /// Size of the ring's file table: slot `key` is file `key`.
     files: u32,
     slots: Vec<Option<Slot>>,
@@ -129,7 +133,6 @@ pub fn install() -> io::Result<()> {
         .map_or(1024, |(soft, _)| soft)
         .min(MAX_FILES as u64) as u32;
     ring.submitter().register_files_sparse(files)?;
-    let mut pool = vec![0u8; BUF_COUNT as usize * BUF_SIZE].into_boxed_slice();
     let mut buffers = BufRing::new()?;
     // SAFETY: `buffers` lives in the driver next to the ring, and is freed after it.
     unsafe {
@@ -137,7 +140,7 @@ pub fn install() -> io::Result<()> {
             .register_buf_ring_with_flags(buffers.base as u64, BUF_COUNT, GROUP, 0)?
     };
     for bid in 0..BUF_COUNT {
-        buffers.add(bid, pool[bid as usize * BUF_SIZE..].as_mut_ptr());
+        buffers.add(bid);
     }
     // SAFETY: the `AsyncFd` owns the descriptor; nothing else closes or replaces it.
     let eventfd = unsafe { AsyncFd::register_with_interest(eventfd, Interest::READABLE) }
@@ -147,7 +150,6 @@ pub fn install() -> io::Result<()> {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ring,
             buffers,
-            pool,
             files,
             slots: Vec::new(),
             free: Vec::new(),
@@ -176,12 +178,9 @@ async fn drive(eventfd: AsyncFd<OwnedFd>) {
         // The count is never read: the poller is edge-triggered, so every signal wakes
         // this task again, and a read would be one more system call per wake-up.
         ready.clear_ready();
-        if flush() {
+        // More may be waiting than one flush runs; come back without a signal.
+        while flush() {
             tokio::task::yield_now().await;
-            // More may be waiting than one flush runs; come back without a signal.
-            while flush() {
-                tokio::task::yield_now().await;
-            }
         }
     }
 }
@@ -248,20 +247,18 @@ impl Driver {
         true
     }
 
-    fn reap(&mut self) -> usize {
+    fn reap(&mut self) {
         let mut done = std::mem::take(&mut self.completions);
         done.extend(
             self.ring
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        let count = done.len();
         for &(data, result, flags) in &done {
             self.complete(data, result, flags);
         }
         done.clear();
         self.completions = done;
-        count
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -275,8 +272,7 @@ impl Driver {
     }
 
     fn give_back(&mut self, bid: u16) {
-        let at = bid as usize * BUF_SIZE;
-        self.buffers.add(bid, self.pool[at..].as_mut_ptr());
+        self.buffers.add(bid);
         if let Some(key) = self.starved.pop() {
             self.arm_recv(key);
         }
@@ -290,7 +286,6 @@ impl Driver {
             return;
         }
         slot.recv_in_flight = true;
-        slot.in_flight += 1;
         let entry = opcode::Recv::new(types::Fixed(key), std::ptr::null_mut(), BUF_SIZE as u32)
             .buf_group(GROUP)
             // The reader just found the socket drained: wait for data before trying.
@@ -323,7 +318,6 @@ impl Driver {
             return;
         };
         slot.send_in_flight = true;
-        slot.in_flight += 1;
         let rest = &slot.sending[slot.sent..];
         let entry = opcode::Send::new(types::Fixed(key), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
@@ -340,7 +334,6 @@ impl Driver {
         let Some(slot) = self.slots[key as usize].as_mut() else {
             return;
         };
-        slot.in_flight -= 1;
         if data & 1 == RECV {
             slot.recv_in_flight = false;
             let buffer = cqueue::buffer_select(flags);
@@ -402,7 +395,7 @@ impl Driver {
     fn release_if_done(&mut self, key: u32) {
         if let Some(slot) = &self.slots[key as usize]
             && slot.dropped
-            && slot.in_flight == 0
+            && !slot.in_flight()
         {
             // Out of the ring's table, then closed with the slot.
             let _ = self.ring.submitter().register_files_update(key, &[-1]);
@@ -464,7 +457,6 @@ impl RingStream {
                 write_error: None,
                 writer: None,
                 dropped: false,
-                in_flight: 0,
             };
             let key = match driver.free.pop() {
                 Some(key) => key,
@@ -507,10 +499,17 @@ impl RingStream {
     }
 }
 
-fn slot(driver: &mut Driver, key: u32) -> &mut Slot {
-    driver.slots[key as usize]
+fn slot(slots: &mut [Option<Slot>], key: u32) -> &mut Slot {
+    slots[key as usize]
         .as_mut()
         .expect("a live RingStream's slot")
+}
+
+/// Keeps the task's waker in `waiting`, cloning it only when it is another task's.
+fn wait_with(waiting: &mut Option<Waker>, cx: &Context<'_>) {
+    if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *waiting = Some(cx.waker().clone());
+    }
 }
 
 impl AsyncRead for RingStream {
@@ -520,14 +519,11 @@ impl AsyncRead for RingStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.with(|driver, key| {
-            let Driver { slots, pool, .. } = &mut *driver;
-            let s = slots[key as usize]
-                .as_mut()
-                .expect("a live RingStream's slot");
+            let Driver { slots, buffers, .. } = &mut *driver;
+            let s = slot(slots, key);
             if let Some((bid, start, end)) = s.ready.as_mut() {
                 let n = buf.remaining().min((*end - *start) as usize);
-                let at = *bid as usize * BUF_SIZE + *start as usize;
-                buf.put_slice(&pool[at..at + n]);
+                buf.put_slice(&buffers.chunk(*bid)[*start as usize..][..n]);
                 *start += n as u32;
                 if *start == *end {
                     let bid = *bid;
@@ -542,9 +538,7 @@ impl AsyncRead for RingStream {
             if s.eof {
                 return Poll::Ready(Ok(()));
             }
-            if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                s.reader = Some(cx.waker().clone());
-            }
+            wait_with(&mut s.reader, cx);
             if !s.recv_in_flight && !driver.starved.contains(&key) {
                 driver.arm_recv(key);
             }
@@ -555,21 +549,22 @@ impl AsyncRead for RingStream {
 }
 
 impl RingStream {
-    fn poll_write_with(&self, cx: &mut Context<'_>, bufs: &[&[u8]]) -> Poll<io::Result<usize>> {
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         self.with(|driver, key| {
-            let s = slot(driver, key);
+            let s = slot(&mut driver.slots, key);
             if let Some(errno) = s.write_error {
                 return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
             }
             let room = OUT_CAP.saturating_sub(s.out.len());
-            let wanted: usize = bufs.iter().map(|b| b.len()).sum();
-            if wanted == 0 {
+            if bufs.iter().all(|b| b.is_empty()) {
                 return Poll::Ready(Ok(0));
             }
             if room == 0 {
-                if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    s.writer = Some(cx.waker().clone());
-                }
+                wait_with(&mut s.writer, cx);
                 return Poll::Pending;
             }
             let mut taken = 0;
@@ -597,7 +592,7 @@ impl AsyncWrite for RingStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, &[buf])
+        self.poll_write_with(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -605,8 +600,7 @@ impl AsyncWrite for RingStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-        self.poll_write_with(cx, &slices)
+        self.poll_write_with(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -616,24 +610,24 @@ impl AsyncWrite for RingStream {
     /// Written bytes go to the kernel when the worker next parks (or sooner): flushing only
     /// reports a send that failed.
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|driver, key| match slot(driver, key).write_error {
-            Some(errno) => Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
-            None => Poll::Ready(Ok(())),
-        })
+        self.with(
+            |driver, key| match slot(&mut driver.slots, key).write_error {
+                Some(errno) => Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
+                None => Poll::Ready(Ok(())),
+            },
+        )
         .unwrap_or_else(|| Poll::Ready(Err(off_thread())))
     }
 
     /// Waits until every written byte is with the kernel, then shuts the sending side.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.with(|driver, key| {
-            let s = slot(driver, key);
+            let s = slot(&mut driver.slots, key);
             if let Some(errno) = s.write_error {
                 return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
             }
             if s.send_in_flight || !s.out.is_empty() {
-                if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    s.writer = Some(cx.waker().clone());
-                }
+                wait_with(&mut s.writer, cx);
                 return Poll::Pending;
             }
             Poll::Ready(s.socket.shutdown(std::net::Shutdown::Write))
@@ -645,7 +639,7 @@ impl AsyncWrite for RingStream {
 impl Drop for RingStream {
     fn drop(&mut self) {
         self.with(|driver, key| {
-            let s = slot(driver, key);
+            let s = slot(&mut driver.slots, key);
             s.dropped = true;
             s.reader = None;
             s.writer = None;
@@ -664,12 +658,12 @@ impl Drop for RingStream {
                 };
                 s.out.clear();
             }
-            let in_flight = s.in_flight;
+            let in_flight = s.in_flight();
             driver.starved.retain(|&k| k != key);
             if let Some((bid, _, _)) = ready {
                 driver.give_back(bid);
             }
-            if in_flight > 0 {
+            if in_flight {
                 let cancel =
                     opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(key)).all())
                         .build()
@@ -681,12 +675,13 @@ impl Drop for RingStream {
     }
 }
 
-/// The ring of provided buffers the kernel picks receive buffers from
+/// The worker's receive pool and the ring the kernel picks buffers of it from
 /// (`IORING_REGISTER_PBUF_RING`): entries shared with the kernel, and the tail this thread
 /// advances as it hands buffers back.
 struct BufRing {
     base: *mut types::BufRingEntry,
     tail: u16,
+    pool: Box<[u8]>,
 }
 
 impl BufRing {
@@ -707,11 +702,18 @@ impl BufRing {
         Ok(BufRing {
             base: base.cast(),
             tail: 0,
+            pool: vec![0u8; BUF_COUNT as usize * BUF_SIZE].into_boxed_slice(),
         })
     }
 
-    /// Offers buffer `bid` (at `addr`, `BUF_SIZE` bytes) to the kernel again.
-    fn add(&mut self, bid: u16, addr: *mut u8) {
+    /// Buffer `bid` of the pool.
+    fn chunk(&self, bid: u16) -> &[u8] {
+        &self.pool[bid as usize * BUF_SIZE..][..BUF_SIZE]
+    }
+
+    /// Offers buffer `bid` to the kernel (again).
+    fn add(&mut self, bid: u16) {
+        let addr = self.pool[bid as usize * BUF_SIZE..].as_mut_ptr();
         let index = (self.tail & (BUF_COUNT - 1)) as usize;
         // SAFETY: `index` is inside the ring; the kernel reads an entry only once the tail
         // has passed it, which the release store below publishes.

@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::config::{Endpoint, Upstream};
-use crate::socket::Plain;
+use crate::socket::{Plain, plain};
 
 /// A connection to an upstream, plain or TLS.
 /// The TLS variant is boxed: a rustls connection is over a kilobyte, and plain sessions
@@ -286,8 +286,8 @@ pub async fn dial_addr(
         // Frames are small and latency-sensitive; never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if !endpoint.secure {
-            let plain = Plain::new(tcp).map_err(|source| DialError::Io { addr, source })?;
-            return Ok(Either::Left(plain));
+            let tcp = plain(tcp).map_err(|source| DialError::Io { addr, source })?;
+            return Ok(Either::Left(tcp));
         }
         let name = config
             .server_name

@@ -11,8 +11,8 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::net::TcpStream;
@@ -35,7 +35,6 @@ impl Workers {
     pub fn start(count: usize, io_uring: bool) -> io::Result<Workers> {
         let count = count.max(1);
         let stop = CancellationToken::new();
-        let on_ring = Arc::new(AtomicUsize::new(0));
         let (started_tx, started) = std::sync::mpsc::channel();
         let mut handles = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -50,7 +49,6 @@ impl Workers {
                 });
             }
             let runtime = builder.build()?;
-            let on_ring = on_ring.clone();
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
             let started = started_tx.clone();
@@ -59,19 +57,7 @@ impl Workers {
                     .name(format!("holdfast-worker-{index}"))
                     .spawn(move || {
                         runtime.block_on(async move {
-                            #[cfg(target_os = "linux")]
-                            if io_uring {
-                                match crate::ring::install() {
-                                    Ok(()) => {
-                                        on_ring.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    Err(e) => tracing::warn!(
-                                        error = %e,
-                                        "io_uring unavailable (an old kernel, or a seccomp profile that refuses it); this worker uses epoll"
-                                    ),
-                                }
-                            }
-                            let _ = started.send(());
+                            let _ = started.send(io_uring && install_ring());
                             stop.cancelled().await
                         })
                     })?,
@@ -79,11 +65,9 @@ impl Workers {
         }
         drop(started_tx);
         // Every worker has tried its ring before the first connection arrives.
-        for _ in 0..count {
-            let _ = started.recv();
-        }
+        let on_ring = (0..count).filter(|_| started.recv() == Ok(true)).count();
         Ok(Workers {
-            io_uring: on_ring.load(Ordering::Relaxed),
+            io_uring: on_ring,
             handles,
             next: AtomicUsize::new(0),
             stop,
@@ -139,6 +123,19 @@ impl Workers {
             let _ = thread.join();
         }
     }
+}
+
+/// Sets up this worker's io_uring (`ring.rs`); false, with a warning, where it cannot.
+fn install_ring() -> bool {
+    #[cfg(target_os = "linux")]
+    match crate::ring::install() {
+        Ok(()) => return true,
+        Err(e) => tracing::warn!(
+            error = %e,
+            "io_uring unavailable (an old kernel, or a seccomp profile that refuses it); this worker uses epoll"
+        ),
+    }
+    false
 }
 
 impl Drop for Workers {

@@ -28,7 +28,7 @@ use crate::app::Shared;
 use crate::config::{self, Config};
 use crate::http::{Body, ConnInfo};
 use crate::policy::token;
-use crate::socket::Plain;
+use crate::socket::{Plain, plain};
 use crate::upstream;
 use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
 
@@ -43,8 +43,8 @@ pub type ClientIo =
 fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let plain = Plain::new(parts.io.into_inner())?;
-            return Ok((Either::Left(plain), parts.read_buf));
+            let tcp = plain(parts.io.into_inner())?;
+            return Ok((Either::Left(tcp), parts.read_buf));
         }
         Err(other) => other,
     };
