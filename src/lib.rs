@@ -18,6 +18,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod close;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod forward;

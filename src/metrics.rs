@@ -13,8 +13,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::close::Direction;
 use crate::policy::Source;
-use crate::ws::close::Direction;
 use crate::ws::hold::HoldOutcome;
 
 pub const SESSIONS_ACTIVE: &str = "holdfast_sessions_active";

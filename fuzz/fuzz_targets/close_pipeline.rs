@@ -3,11 +3,9 @@
 //! within the limit.
 #![no_main]
 
+use holdfast::close::{Close, Direction, RewriteRule, is_sendable, to_wire};
 use holdfast::policy::{PolicyContext, Source};
-use holdfast::ws::close::{
-    Close, CloseRules, Direction, RewriteRule, UpstreamDecision, UpstreamEnd, is_sendable,
-    on_upstream_end, to_wire,
-};
+use holdfast::ws::ends::{CloseRules, UpstreamDecision, UpstreamEnd, on_upstream_end};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -20,7 +20,7 @@ use regex::Regex;
 
 pub use report::EffectiveEntry;
 
-use crate::ws::close::{Close, RewriteRule};
+use crate::close::{Close, RewriteRule};
 use raw::RawConfig;
 
 /// The validated configuration every other module reads.

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::*;
-use crate::ws::close::Direction;
+use crate::close::Direction;
 
 fn problems(toml: &str) -> Vec<Problem> {
     match from_toml_str(toml) {

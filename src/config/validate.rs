@@ -10,8 +10,8 @@ use regex::Regex;
 use super::raw::{RawCodes, RawConfig, RawSize};
 use super::units::{parse_duration, parse_size};
 use super::*;
+use crate::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
 use crate::tls;
-use crate::ws::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
 
 /// `restart.max_reconnecting` above this is a typo, not a plan (and a semaphore's bound).
 const MAX_RECONNECTING: i64 = 1_000_000;
@@ -297,7 +297,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     let mut codes = Vec::new();
     for (i, code) in r.codes.iter().enumerate() {
         let key = format!("restart.codes[{i}]");
-        if *code == i64::from(crate::ws::close::POLICY_VIOLATION) {
+        if *code == i64::from(crate::close::POLICY_VIOLATION) {
             c.problem(&key, "1008 is a policy close and never triggers a hold");
             continue;
         }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::ws::close::{MAX_REASON_BYTES, truncate_utf8};
+use crate::close::{MAX_REASON_BYTES, truncate_utf8};
 
 /// Who closed for a policy reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

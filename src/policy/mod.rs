@@ -12,8 +12,8 @@ use std::time::Duration;
 
 pub use context::{PolicyContext, Source};
 
+use crate::close::{Close, POLICY_VIOLATION};
 use crate::config::{ContextMode, Policy};
-use crate::ws::close::{Close, POLICY_VIOLATION};
 
 pub const RATE_LIMIT: &str = "rate-limit";
 pub const TOKEN_EXPIRED: &str = "token-expired";

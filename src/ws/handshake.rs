@@ -336,7 +336,7 @@ impl UpstreamSocket {
 pub async fn upstream_handshake(
     request: Request<()>,
     io: UpstreamIo,
-    limits: super::conn::Limits,
+    limits: crate::codec::Limits,
     timeout: std::time::Duration,
 ) -> Result<UpstreamSocket, HandshakeError> {
     use tokio_tungstenite::tungstenite::Error;
@@ -350,7 +350,8 @@ pub async fn upstream_handshake(
             // tungstenite read exactly the head: what the upstream sent after it is in
             // the gate.
             let (io, rest) = socket.into_inner().into_parts();
-            let socket = super::conn::WsConn::new(io, super::frame::Role::Client, limits, &rest);
+            let socket =
+                crate::codec::WsConn::new(io, crate::codec::frame::Role::Client, limits, &rest);
             Ok(UpstreamSocket { socket, response })
         }
         Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),

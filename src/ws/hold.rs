@@ -15,10 +15,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::UpstreamWs;
-use super::close::{ClientEnd, Direction};
+use super::ends::ClientEnd;
 use super::handshake::{self, HandshakeError, UpstreamTemplate};
 use super::session::{Session, client_end, close_of, fault};
 use crate::app::Shared;
+use crate::close::Direction;
 use crate::config::Config;
 use crate::policy::ProxyPolicy;
 use crate::upstream::{self, Member};

@@ -3,9 +3,7 @@
 //! restarts), `close` (the close-code pipeline, pure), `frame` (the frame format, pure),
 //! `conn` (a WebSocket connection over it), `gate` (the upstream handshake's head).
 
-pub mod close;
-pub mod conn;
-pub mod frame;
+pub mod ends;
 pub mod gate;
 pub mod handshake;
 pub mod hold;
@@ -63,11 +61,11 @@ fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
 }
 
 /// An upstream WebSocket connection, over TCP or TLS.
-pub type UpstreamWs = conn::WsConn<upstream::UpstreamIo>;
+pub type UpstreamWs = crate::codec::WsConn<upstream::UpstreamIo>;
 
 /// What a peer may send (`websocket.max_message_size`, `websocket.max_frame_size`).
-pub fn limits(ws: &config::WebSocket) -> conn::Limits {
-    conn::Limits {
+pub fn limits(ws: &config::WebSocket) -> crate::codec::Limits {
+    crate::codec::Limits {
         max_message: ws.max_message_size,
         max_frame: ws.max_frame_size,
     }
@@ -207,7 +205,7 @@ pub async fn accept(
                 tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
                 shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error);
                 let mut upstream = upstream;
-                let going_away = close::Close::new(close::GOING_AWAY, "client did not complete the upgrade");
+                let going_away = crate::close::Close::new(crate::close::GOING_AWAY, "client did not complete the upgrade");
                 session::complete_close(&mut upstream, vec![session::close_message(Some(going_away))]).await;
                 return;
             }
@@ -216,7 +214,7 @@ pub async fn accept(
             // `already_read` shares hyper's whole read buffer: `new` copies what is in it,
             // and the buffer goes before the session starts.
             let (io, already_read) = upgraded;
-            conn::WsConn::new(io, frame::Role::Server, limits, &already_read)
+            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
         };
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));

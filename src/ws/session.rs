@@ -22,15 +22,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamWs;
-use super::close::{
-    self, ClientEnd, Close, CloseRules, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION,
-    UpstreamDecision, UpstreamEnd, WireClose,
-};
-use super::conn::{Data, Incoming, Inline, SMALL_INLINE, WsConn};
+use super::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use super::woken::{Gate, WokenOnly};
 use crate::app::Shared;
+use crate::close::{self, Close, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, WireClose};
+use crate::codec::{Data, Incoming, Inline, SMALL_INLINE, WsConn};
 use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
@@ -346,7 +344,7 @@ where
             on_disconnect: config.restart.on_disconnect,
             rewrites: &config.rewrites,
         };
-        close::on_upstream_end(end, &rules) == UpstreamDecision::Hold
+        ends::on_upstream_end(end, &rules) == UpstreamDecision::Hold
     }
 
     /// `policy.rate_limit`: may the client send a data message now?
@@ -560,7 +558,7 @@ where
         // Messages for each side, the close frame last; empty: only complete the handshake.
         let (to_client, to_upstream): (Vec<Message>, Vec<Message>) = match ending {
             Ending::Client(end) => {
-                let decision = close::on_client_end(&end, &config.rewrites);
+                let decision = ends::on_client_end(&end, &config.rewrites);
                 upstream_original = Original::Received(decision.original);
                 report.client_close = Some((
                     decision.original,
@@ -581,7 +579,7 @@ where
                     rewrites: &config.rewrites,
                 };
                 let UpstreamDecision::Forward { original, close } =
-                    close::on_upstream_end(&end, &rules)
+                    ends::on_upstream_end(&end, &rules)
                 else {
                     unreachable!("hold: false never decides Hold")
                 };

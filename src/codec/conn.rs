@@ -28,8 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::close::{PROTOCOL_ERROR, is_sendable};
-use super::frame::{self, BINARY, CLOSE, CONTINUATION, Header, PING, PONG, Role, TEXT};
+use crate::close::{PROTOCOL_ERROR, is_sendable};
+use crate::codec::frame::{self, BINARY, CLOSE, CONTINUATION, Header, PING, PONG, Role, TEXT};
 
 /// A read with nothing buffered lands in a stack buffer of this size.
 const READ_CHUNK: usize = 4096;
