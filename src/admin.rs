@@ -14,8 +14,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Shared;
 use crate::http::{Body, full};
+use crate::shared::Shared;
 
 fn text(
     status: StatusCode,

@@ -1,38 +1,52 @@
 //! holdfast: a WebSocket-aware reverse proxy that keeps clients connected across upstream
-//! restarts (SPEC §3.3), explains policy closes (§3.4) and rewrites close codes (§3.2).
+//! restarts, explains policy closes (1008) and rewrites close codes.
 //!
-//! Module map:
-//! * `config`   — figment loading, validation into `Config`, `holdfast check` report
+//! The modules in the order a connection travels through them. Each uses only modules
+//! listed after it (`tests/layering.rs` keeps the graph one-way):
 //! * `app`      — `App::build` (bind, TLS), `App::run` (serve, drain), reload
 //! * `admin`    — /metrics /healthz /readyz
-//! * `metrics`  — every metric name and its typed helper
-//! * `listener` — accept loop, `max_connections`, TLS handshake
-//! * `workers`  — thread-per-core: one runtime per thread, connections handed out in turn
-//! * `ring`     — a worker's io_uring, and plain sockets on it (`socket::Plain`)
-//! * `http`     — hyper service per connection: WebSocket upgrade or passthrough
-//! * `forward`  — plain HTTP passthrough to the upstream
-//! * `ws`       — handshake, the session task, the close-code pipeline, the frame codec
+//! * `listener` — accept loop, `max_connections`, TLS; the per-connection HTTP service
+//! * `workers`  — thread per core: one runtime per thread, connections handed out in turn
+//! * `ws`       — accept an upgrade, connect upstream, the session task (relay, hold,
+//!   closing) and the close pipeline's decisions
+//! * `codec`    — the WebSocket frame format and one connection over it (`WsConn`)
+//! * `http`     — bodies, header rules, refusals as statuses, plain HTTP forwarding
 //! * `policy`   — 1008 context (catalog, JSON builder), rate limit, token expiry
+//! * `shared`   — the state every connection shares
 //! * `upstream` — endpoint pool, resolution, dial (TCP + TLS)
+//! * `socket`   — a plain TCP socket, on the worker's io_uring when it has one
+//! * `ring`     — the workers' io_uring driver (the crate's unsafe I/O code)
+//! * `metrics`  — every metric name and its typed helper
+//! * `config`   — figment loading, validation into `Config`, `holdfast check` report
 //! * `tls`      — rustls configs for both hops
+//! * `close`    — the close-code vocabulary
+//!
+//! `demo` sits on top of everything: an upstream, the proxy and a client in one process.
+
+pub mod app;
 
 pub mod admin;
-pub mod app;
-pub mod close;
-pub mod codec;
-pub mod config;
-pub mod demo;
-pub mod forward;
-pub mod http;
 pub mod listener;
-pub mod metrics;
+pub mod workers;
+
+pub mod ws;
+
+pub mod codec;
+pub mod http;
 pub mod policy;
+pub mod shared;
+pub mod upstream;
+
 #[cfg(target_os = "linux")]
 pub mod ring;
 pub mod socket;
+
+pub mod config;
+pub mod metrics;
 pub mod tls;
-pub mod upstream;
-pub mod workers;
-pub mod ws;
+
+pub mod close;
+
+pub mod demo;
 
 pub use app::App;

@@ -14,8 +14,6 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::close::Direction;
-use crate::policy::Source;
-use crate::ws::hold::HoldOutcome;
 
 pub const SESSIONS_ACTIVE: &str = "holdfast_sessions_active";
 pub const SESSIONS_TOTAL: &str = "holdfast_sessions_total";
@@ -34,6 +32,12 @@ pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "holdfast_config_reloads_total";
 
 const HOLD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A value of a bounded label, named by the type that owns it (a hold's outcome, a policy's
+/// source): metrics takes any such value without knowing the layers that define them.
+pub trait LabelValue: Copy {
+    fn label(self) -> &'static str;
+}
 
 /// How a session ended, for `holdfast_sessions_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,8 +265,9 @@ impl Metrics {
         self.counter(CLOSE_CODES_TOTAL, labels).increment(1);
     }
 
-    pub fn hold_ended(&self, outcome: HoldOutcome, held: Duration) {
-        self.counter(HOLDS_TOTAL, vec![("outcome", outcome.as_str().into())])
+    /// A hold ended with `outcome` (`resumed`, `timeout`, …) after `held`.
+    pub fn hold_ended(&self, outcome: impl LabelValue, held: Duration) {
+        self.counter(HOLDS_TOTAL, vec![("outcome", outcome.label().into())])
             .increment(1);
         self.hold_duration.record(held.as_secs_f64());
     }
@@ -275,10 +280,10 @@ impl Metrics {
 
     /// `policy` comes from the catalog (operator-configured ids), holdfast's own policies or
     /// `unspecified`: a closed set per configuration.
-    pub fn policy_violation(&self, policy: &str, source: Source) {
+    pub fn policy_violation(&self, policy: &str, source: impl LabelValue) {
         let labels = vec![
             ("policy", Cow::Owned(policy.to_owned())),
-            ("source", source.as_str().into()),
+            ("source", source.label().into()),
         ];
         self.counter(POLICY_VIOLATIONS_TOTAL, labels).increment(1);
     }
@@ -467,7 +472,14 @@ mod tests {
         m.message(Direction::ToClient, 5);
         m.close_sent(Direction::ToClient, Some(1011), Original::Received(1006));
         m.close_sent(Direction::ToClient, None, Original::Received(1005));
-        m.hold_ended(HoldOutcome::Resumed, Duration::from_millis(1500));
+        #[derive(Clone, Copy)]
+        struct Resumed;
+        impl LabelValue for Resumed {
+            fn label(self) -> &'static str {
+                "resumed"
+            }
+        }
+        m.hold_ended(Resumed, Duration::from_millis(1500));
         m.run_upkeep();
         let text = m.render();
         for line in [

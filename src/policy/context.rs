@@ -12,6 +12,12 @@ pub enum Source {
     Proxy,
 }
 
+impl crate::metrics::LabelValue for Source {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -102,7 +102,16 @@ pub(crate) fn make_jwt(claims: &str) -> String {
 mod tests {
     use super::*;
 
-    use crate::ws::handshake::header_map as headers;
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        h
+    }
 
     #[test]
     fn tokens_are_found_where_configured() {

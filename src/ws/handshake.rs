@@ -12,114 +12,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::UpstreamWs;
 use crate::config::Endpoint;
-use crate::http::{Body, full, is_hop_by_hop};
-use crate::upstream::{DialError, UpstreamIo};
+use crate::http::headers::{add_forwarded, copy_end_to_end, has_token};
+use crate::http::{Body, HandshakeError, full};
+use crate::upstream::UpstreamIo;
 
 pub const X_HOLDFAST_SESSION: &str = "x-holdfast-session";
 pub const X_HOLDFAST_RESUME: &str = "x-holdfast-resume";
-
-/// Why a handshake was refused; `into_response` is the one place this becomes a status.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("bad WebSocket handshake: {0}")]
-    BadRequest(&'static str),
-    #[error("unsupported WebSocket version")]
-    Version,
-    #[error("origin not allowed")]
-    Origin,
-    #[error("over max_connections")]
-    Overloaded,
-    #[error("request head larger than {} bytes", crate::http::MAX_REQUEST_HEAD)]
-    HeadTooLarge,
-    #[error("token refused: {0}")]
-    Unauthorized(#[from] crate::policy::token::TokenError),
-    #[error("upstream unreachable: {0}")]
-    Unreachable(#[from] DialError),
-    #[error("upstream did not complete the handshake in time")]
-    UpstreamTimeout,
-    #[error("upstream handshake failed: {0}")]
-    UpstreamProtocol(String),
-    /// The upstream answered with an HTTP status instead of 101: relayed as is.
-    #[error("upstream refused with {}", .0.status())]
-    Refused(Box<Response<Option<Vec<u8>>>>),
-}
-
-impl HandshakeError {
-    /// The status for `holdfast_handshakes_rejected_total` and the response.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
-            HandshakeError::Origin => StatusCode::FORBIDDEN,
-            HandshakeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            HandshakeError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            HandshakeError::Unreachable(_) | HandshakeError::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            HandshakeError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            HandshakeError::Refused(r) => r.status(),
-        }
-    }
-
-    /// The refusal as an HTTP response. The connection is closed after it: a client whose
-    /// upgrade failed starts over on a fresh connection.
-    pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
-        let mut response = match self {
-            HandshakeError::Refused(upstream) => {
-                let (parts, body) = (*upstream).into_parts();
-                let mut response = Response::new(full(body.unwrap_or_default()));
-                copy_end_to_end(
-                    &parts.headers,
-                    response.headers_mut(),
-                    &[header::CONTENT_LENGTH],
-                );
-                response
-            }
-            other => {
-                let mut response = Response::new(full(format!("{other}\n")));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                response
-            }
-        };
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        if status == StatusCode::UPGRADE_REQUIRED {
-            headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        if status == StatusCode::UNAUTHORIZED && !headers.contains_key(header::WWW_AUTHENTICATE) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    }
-}
-
-/// Is this request asking for a WebSocket? (`Upgrade: websocket`, any case.)
-pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim().eq_ignore_ascii_case(token))
-}
 
 /// What the client offered, once validated.
 #[derive(Debug, Clone)]
@@ -177,54 +75,6 @@ const NOT_FORWARDED: &[&str] = &[
     X_HOLDFAST_SESSION,
     X_HOLDFAST_RESUME,
 ];
-
-/// Copies end-to-end headers (not hop-by-hop, not named by `Connection`, not in `skip`).
-pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, skip: &[HeaderName]) {
-    let named_by_connection: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .collect();
-    for (name, value) in from {
-        if is_hop_by_hop(name)
-            || skip.contains(name)
-            || named_by_connection.iter().any(|n| n == name.as_str())
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
-}
-
-/// Adds `X-Forwarded-For` (appended to any existing list), `-Proto` and `-Host`.
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-    ws: bool,
-) {
-    let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    let proto = match (ws, tls) {
-        (true, true) => "wss",
-        (true, false) => "ws",
-        (false, true) => "https",
-        (false, false) => "http",
-    };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert("x-forwarded-host", host.clone());
-    }
-}
 
 /// Everything needed to (re)open the upstream WebSocket the same way each time. Kept for
 /// the life of every session, so it is stored compactly: the headers as one block of
@@ -389,23 +239,10 @@ pub fn switching_protocols(
     response
 }
 
-/// A header map from name/value pairs (unit tests here and in `policy::token`).
-#[cfg(test)]
-pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(
-            HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
-    use super::header_map as headers;
     use super::*;
+    use crate::http::headers::header_map as headers;
 
     const GOOD: &[(&str, &str)] = &[
         ("connection", "keep-alive, Upgrade"),

@@ -16,12 +16,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::UpstreamWs;
 use super::ends::ClientEnd;
-use super::handshake::{self, HandshakeError, UpstreamTemplate};
+use super::handshake::{self, UpstreamTemplate};
 use super::session::{Session, client_end, close_of, fault};
-use crate::app::Shared;
 use crate::close::Direction;
 use crate::config::Config;
+use crate::http::HandshakeError;
 use crate::policy::ProxyPolicy;
+use crate::shared::Shared;
 use crate::upstream::{self, Member};
 
 /// Reconnect delay before try `attempt` (0-based): uniform in
@@ -53,6 +54,12 @@ pub enum HoldOutcome {
     Shutdown,
     /// One of holdfast's own policies (rate limit, token expiry) closed the held session.
     Policy,
+}
+
+impl crate::metrics::LabelValue for HoldOutcome {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 impl HoldOutcome {

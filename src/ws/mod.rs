@@ -22,13 +22,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use crate::app::Shared;
 use crate::config::{self, Config};
+use crate::http::HandshakeError;
 use crate::http::{Body, ConnInfo};
 use crate::policy::token;
+use crate::shared::Shared;
 use crate::socket::{Plain, plain};
 use crate::upstream;
-use handshake::{HandshakeError, UpstreamSocket, UpstreamTemplate};
+use handshake::{UpstreamSocket, UpstreamTemplate};
 
 /// The client's connection after the upgrade: the TCP (maybe on the worker's ring) or TLS
 /// stream itself when hyper hands it back (every read then skips hyper's upgrade wrappers),

@@ -26,12 +26,12 @@ use super::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
 use super::handshake::UpstreamTemplate;
 use super::hold::{HoldEnd, HoldOutcome};
 use super::woken::{Gate, WokenOnly};
-use crate::app::Shared;
 use crate::close::{self, Close, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, WireClose};
 use crate::codec::{Data, Incoming, Inline, SMALL_INLINE, WsConn};
 use crate::config::RateLimit;
 use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
+use crate::shared::Shared;
 use crate::upstream::Member;
 
 /// How long each side gets to complete its close handshake once holdfast has decided.

@@ -11,9 +11,9 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::app::Shared;
+use crate::http::headers::{add_forwarded, copy_end_to_end};
 use crate::http::{Body, ConnInfo, full};
-use crate::ws::handshake::{add_forwarded, copy_end_to_end};
+use crate::shared::Shared;
 
 fn bad_gateway(why: impl std::fmt::Display) -> Response<Body> {
     let mut response = Response::new(full(format!("bad gateway: {why}\n")));

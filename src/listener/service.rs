@@ -1,59 +1,19 @@
 //! One client connection's HTTP/1.1 service (hyper): WebSocket upgrades go to
-//! `ws::accept`, everything else to `forward` (plain HTTP passthrough). Connections over
-//! `max_connections` are answered 503 on every request.
+//! `ws::accept`, everything else to `http::forward` (plain HTTP passthrough). Connections
+//! over `max_connections` are answered 503 on every request.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::app::Shared;
-use crate::ws::handshake::{HandshakeError, is_websocket_upgrade};
-
-/// The body type of every response holdfast writes.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// RFC 9110 §7.6.1 hop-by-hop headers, plus the legacy ones proxies also drop.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// The largest request head (request line and headers) accepted, in bytes.
-pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
-/// What the service knows about the connection it serves.
-#[derive(Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// Held for the connection's life, and by any session it upgrades to; `None` when the
-    /// connection arrived over `max_connections`.
-    pub permit: Option<Arc<OwnedSemaphorePermit>>,
-}
+use crate::http::headers::is_websocket_upgrade;
+use crate::http::{Body, ConnInfo, HandshakeError, MAX_REQUEST_HEAD};
+use crate::shared::Shared;
 
 /// Serves HTTP/1.1 on one accepted connection until it closes or upgrades.
 pub async fn serve<I>(io: I, conn: ConnInfo, shared: Arc<Shared>)
@@ -117,6 +77,6 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
     if is_websocket_upgrade(req.headers()) {
         crate::ws::accept(req, conn, shared).await
     } else {
-        crate::forward::forward(req, conn, shared).await
+        crate::http::forward::forward(req, conn, shared).await
     }
 }

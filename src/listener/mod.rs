@@ -1,6 +1,8 @@
 //! The accept loop: takes a bound listener, applies `max_connections` (a semaphore permit
 //! per connection; connections without one are answered 503), runs the TLS handshake
-//! within `handshake_timeout`, and hands each connection to `http::serve`.
+//! within `handshake_timeout`, and hands each connection to its HTTP service (`service`).
+
+pub mod service;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::Shared;
-use crate::http::{self, ConnInfo};
+use crate::http::ConnInfo;
+use crate::shared::Shared;
 use crate::workers::Workers;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&Workers>) {
@@ -50,10 +52,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&
         let handshake_timeout = shared.config.load().listen.handshake_timeout;
         let serve = move |tcp: TcpStream| async move {
             match tls {
-                None => http::serve(tcp, conn, shared).await,
+                None => service::serve(tcp, conn, shared).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => http::serve(stream, conn, shared).await,
+                        Ok(Ok(stream)) => service::serve(stream, conn, shared).await,
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }

@@ -1,0 +1,31 @@
+//! HTTP pieces every stage that speaks HTTP shares, below the WebSocket layer: response
+//! bodies (`body`), header rules (`headers`: hop-by-hop, `X-Forwarded-*`, upgrade
+//! detection), the one place a refused handshake becomes a status (`refusal`), and plain
+//! HTTP forwarding to the upstream (`forward`). The per-connection service that chooses
+//! between a WebSocket upgrade and forwarding lives above, in `listener::service`.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod refusal;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+pub use body::{Body, full};
+pub use refusal::HandshakeError;
+
+/// The largest request head (request line and headers) accepted, in bytes.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// What the service knows about the connection it serves.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Held for the connection's life, and by any session it upgrades to; `None` when the
+    /// connection arrived over `max_connections`.
+    pub permit: Option<Arc<OwnedSemaphorePermit>>,
+}
