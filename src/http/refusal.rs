@@ -31,7 +31,7 @@ pub enum HandshakeError {
     UpstreamProtocol(String),
     /// The upstream answered with an HTTP status instead of 101: relayed as is.
     #[error("upstream refused with {}", .0.status())]
-    Refused(Box<Response<Option<Vec<u8>>>>),
+    Refused(Box<Response<bytes::Bytes>>),
 }
 
 impl HandshakeError {
@@ -59,7 +59,7 @@ impl HandshakeError {
         let mut response = match self {
             HandshakeError::Refused(upstream) => {
                 let (parts, body) = (*upstream).into_parts();
-                let mut response = Response::new(full(body.unwrap_or_default()));
+                let mut response = Response::new(full(body));
                 copy_end_to_end(
                     &parts.headers,
                     response.headers_mut(),

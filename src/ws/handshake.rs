@@ -1,20 +1,19 @@
-//! The WebSocket handshake: validate the client's upgrade (pure), build the upstream
-//! request from it (pure), dial the upstream WebSocket before answering the client, and
-//! answer 101 — or the one status that says what went wrong (`HandshakeError`).
+//! The WebSocket handshake's pure parts: validate the client's upgrade, keep what is needed
+//! to open the upstream the same way every time (`UpstreamTemplate`, whose requests
+//! `connect` sends), and the client's 101 built from the upstream's.
 
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use bytes::Bytes;
+use http_body_util::Empty;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::UpstreamWs;
 use crate::config::Endpoint;
 use crate::http::headers::{add_forwarded, copy_end_to_end, has_token};
 use crate::http::{Body, HandshakeError, full};
-use crate::upstream::UpstreamIo;
 
 pub const X_HOLDFAST_SESSION: &str = "x-holdfast-session";
 pub const X_HOLDFAST_RESUME: &str = "x-holdfast-resume";
@@ -60,8 +59,8 @@ pub fn validate_upgrade(
     Ok(ClientOffer { key: key.clone() })
 }
 
-/// Headers never forwarded from the client to the upstream WebSocket: tungstenite writes
-/// its own handshake headers, extensions are not negotiated (SPEC §3.1), and holdfast's
+/// Headers never forwarded from the client to the upstream WebSocket: holdfast writes its
+/// own handshake headers (a key of its own), extensions are not negotiated, and holdfast's
 /// own headers cannot be spoofed by a client.
 const NOT_FORWARDED: &[&str] = &[
     "host",
@@ -153,69 +152,52 @@ impl UpstreamTemplate {
         }
     }
 
-    /// The client request for `endpoint`; `resume` > 0 adds `X-Holdfast-Resume`.
-    pub fn request(&self, endpoint: &Endpoint, resume: u32) -> Result<Request<()>, HandshakeError> {
-        let url = format!("{endpoint}{}", self.path_and_query);
-        let mut request = url
-            .into_client_request()
+    /// The handshake request for `endpoint` with `key` as `Sec-WebSocket-Key`; `resume` > 0
+    /// adds `X-Holdfast-Resume`.
+    pub fn request(
+        &self,
+        endpoint: &Endpoint,
+        resume: u32,
+        key: &HeaderValue,
+    ) -> Result<Request<Empty<Bytes>>, HandshakeError> {
+        let mut request = Request::get(self.path_and_query.as_str())
+            .body(Empty::new())
             .map_err(|_| HandshakeError::BadRequest("request target cannot be forwarded"))?;
         let headers = request.headers_mut();
+        let host = HeaderValue::from_str(&endpoint.authority())
+            .map_err(|_| HandshakeError::BadRequest("upstream host is not a valid Host"))?;
+        headers.insert(header::HOST, host);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
         self.append_headers(headers);
         if resume > 0 {
             headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
         }
         Ok(request)
     }
-}
 
-/// The upstream's side of a completed handshake.
-pub struct UpstreamSocket {
-    pub socket: UpstreamWs,
-    pub response: Response<Option<Vec<u8>>>,
-}
-
-impl UpstreamSocket {
-    pub fn protocol(&self) -> Option<&HeaderValue> {
-        self.response.headers().get(header::SEC_WEBSOCKET_PROTOCOL)
-    }
-}
-
-/// Performs the WebSocket handshake with an upstream over an already dialled connection.
-/// An upstream that accepted the connection but does not answer within `timeout`
-/// (`upstream.connect_timeout`) is a timeout.
-pub async fn upstream_handshake(
-    request: Request<()>,
-    io: UpstreamIo,
-    limits: crate::codec::Limits,
-    timeout: std::time::Duration,
-) -> Result<UpstreamSocket, HandshakeError> {
-    use tokio_tungstenite::tungstenite::Error;
-    let gated = super::gate::HeadGate::new(io);
-    let handshake = tokio_tungstenite::client_async(request, gated);
-    let Ok(result) = tokio::time::timeout(timeout, handshake).await else {
-        return Err(HandshakeError::UpstreamTimeout);
-    };
-    match result {
-        Ok((socket, response)) => {
-            // tungstenite read exactly the head: what the upstream sent after it is in
-            // the gate.
-            let (io, rest) = socket.into_inner().into_parts();
-            let socket =
-                crate::codec::WsConn::new(io, crate::codec::frame::Role::Client, limits, &rest);
-            Ok(UpstreamSocket { socket, response })
-        }
-        Err(Error::Http(response)) => Err(HandshakeError::Refused(response)),
-        Err(Error::Protocol(p)) => Err(HandshakeError::UpstreamProtocol(p.to_string())),
-        Err(other) => Err(HandshakeError::UpstreamProtocol(other.to_string())),
+    /// Did the client offer `protocol` (one of its `Sec-WebSocket-Protocol` entries)?
+    pub fn offers_protocol(&self, protocol: &HeaderValue) -> bool {
+        let Ok(wanted) = protocol.to_str() else {
+            return false;
+        };
+        self.headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|offered| offered.trim() == wanted.trim())
     }
 }
 
 /// The client's 101: accept key, the upstream's chosen subprotocol and its other
 /// end-to-end headers (e.g. `Set-Cookie`).
-pub fn switching_protocols(
-    offer: &ClientOffer,
-    upstream: &Response<Option<Vec<u8>>>,
-) -> Response<Body> {
+pub fn switching_protocols(offer: &ClientOffer, upstream: &Response<()>) -> Response<Body> {
     let mut response = Response::new(full(Vec::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -347,9 +329,22 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 9000,
         };
-        let req = t.request(&endpoint, 2).unwrap();
-        assert_eq!(req.uri(), "ws://127.0.0.1:9000/chat?room=1");
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let req = t.request(&endpoint, 2, &key).unwrap();
+        assert_eq!(req.uri(), "/chat?room=1");
+        assert_eq!(req.headers()["host"], "127.0.0.1:9000");
         assert_eq!(req.headers()["x-holdfast-resume"], "2");
-        assert_eq!(req.headers().get_all("sec-websocket-key").iter().count(), 1);
+        assert_eq!(req.headers()["sec-websocket-key"], key);
+        for name in [
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "upgrade",
+            "connection",
+            "host",
+        ] {
+            assert_eq!(req.headers().get_all(name).iter().count(), 1, "{name} once");
+        }
+        assert!(t.offers_protocol(&HeaderValue::from_static("superchat")));
+        assert!(!t.offers_protocol(&HeaderValue::from_static("super")));
     }
 }

@@ -14,16 +14,17 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::UpstreamWs;
-use super::ends::ClientEnd;
-use super::handshake::{self, UpstreamTemplate};
-use super::session::{Session, client_end, close_of, fault};
+use super::{Session, client_end, close_of, fault};
 use crate::close::Direction;
 use crate::config::Config;
 use crate::http::HandshakeError;
 use crate::policy::ProxyPolicy;
 use crate::shared::Shared;
-use crate::upstream::{self, Member};
+use crate::upstream::Member;
+use crate::ws::UpstreamWs;
+use crate::ws::connect;
+use crate::ws::ends::ClientEnd;
+use crate::ws::handshake::UpstreamTemplate;
 
 /// Reconnect delay before try `attempt` (0-based): uniform in
 /// `[initial, min(max, initial · 2^(attempt+1))]` — full jitter over a doubling ceiling, so a
@@ -180,27 +181,16 @@ async fn try_resume(
             .reconnect_turn(member.addr, restart.max_reconnecting)
             .await
     };
-    let io = match upstream::dial_addr(&member.endpoint, member.addr, &config.upstream).await {
-        Ok(io) => io,
-        Err(e) => {
-            shared.metrics.upstream_connect(e.result_label());
-            shared.pool.mark_failed(member.addr);
-            return Try::Retry(format!("{member}: {e}"));
-        }
-    };
-    let request = match template.request(&member.endpoint, resume) {
-        Ok(r) => r,
-        Err(e) => return Try::Retry(e.to_string()),
-    };
-    let handshake = handshake::upstream_handshake(
-        request,
-        io,
-        super::limits(&config.websocket),
-        config.upstream.connect_timeout,
+    let connecting = connect::connect(
+        &template,
+        &member,
+        resume,
+        &config,
+        &shared.pool,
+        &shared.metrics,
     );
-    match tokio::time::timeout(config.listen.handshake_timeout, handshake).await {
-        Ok(Ok(mut upstream)) => {
-            shared.metrics.upstream_connect("ok");
+    match connecting.await {
+        Ok(mut upstream) => {
             if upstream.protocol() != protocol.as_ref() {
                 let _ = upstream.socket.close(None).await;
                 shared.pool.mark_failed(member.addr);
@@ -210,26 +200,15 @@ async fn try_resume(
                     protocol
                 ));
             }
-            shared.pool.mark_ok(member.addr);
             Try::Connected {
                 socket: Box::new(upstream.socket),
                 member,
             }
         }
-        Ok(Err(HandshakeError::Refused(response))) if response.status().is_client_error() => {
-            shared.metrics.upstream_connect("refused");
+        Err(HandshakeError::Refused(response)) if response.status().is_client_error() => {
             Try::Refused(response.status())
         }
-        Ok(Err(e)) => {
-            shared.metrics.upstream_connect(connect_result(&e));
-            shared.pool.mark_failed(member.addr);
-            Try::Retry(format!("{member}: {e}"))
-        }
-        Err(_) => {
-            shared.metrics.upstream_connect("timeout");
-            shared.pool.mark_failed(member.addr);
-            Try::Retry(format!("{member}: handshake timed out"))
-        }
+        Err(e) => Try::Retry(format!("{member}: {e}")),
     }
 }
 
@@ -247,16 +226,6 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-    }
-}
-
-/// The `result` label for a failed upstream handshake.
-pub fn connect_result(error: &HandshakeError) -> &'static str {
-    match error {
-        HandshakeError::Unreachable(dial) => dial.result_label(),
-        HandshakeError::Refused(_) => "refused",
-        HandshakeError::UpstreamTimeout => "timeout",
-        _ => "error",
     }
 }
 
@@ -313,7 +282,7 @@ where
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let expires_at = self.expires_at.unwrap_or_else(super::session::far_future);
+        let expires_at = self.expires_at.unwrap_or_else(super::far_future);
         tracing::info!(session = %self.id, upstream = %self.member, "upstream restarting: holding the client");
 
         let end = loop {

@@ -4,6 +4,8 @@
 //! is decided by the pure functions in `close.rs`; this file only executes decisions.
 //! States and transitions are described in docs/LIFECYCLE.md.
 
+pub mod hold;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,11 +23,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::UpstreamWs;
-use super::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
-use super::handshake::UpstreamTemplate;
-use super::hold::{HoldEnd, HoldOutcome};
-use super::woken::{Gate, WokenOnly};
 use crate::close::{self, Close, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, WireClose};
 use crate::codec::{Data, Incoming, Inline, SMALL_INLINE, WsConn};
 use crate::config::RateLimit;
@@ -33,6 +30,11 @@ use crate::metrics::{Original, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::shared::Shared;
 use crate::upstream::Member;
+use crate::ws::UpstreamWs;
+use crate::ws::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
+use crate::ws::handshake::UpstreamTemplate;
+use crate::ws::woken::{Gate, WokenOnly};
+use hold::{HoldEnd, HoldOutcome};
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
