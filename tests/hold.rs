@@ -128,6 +128,27 @@ async fn a_dropped_upstream_connection_is_invisible_to_the_client() {
     restart_is_invisible(Control::Abort).await;
 }
 
+/// Many servers close with 1001 Going Away when they shut down (Python `websockets`'
+/// `server.close()` does): held by default, like 1012.
+#[tokio::test]
+async fn a_1001_going_away_is_invisible_by_default() {
+    restart_is_invisible(Control::Close(1001, "server shutting down".into())).await;
+}
+
+#[tokio::test]
+async fn with_only_1012_configured_a_1001_reaches_the_client() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}codes = [1012]\n")).await;
+    let mut client = connect(&proxy).await;
+    upstream
+        .go_down(Control::Close(1001, "server shutting down".into()))
+        .await;
+    assert_eq!(
+        expect_close(&mut client).await,
+        (Some(1001), "server shutting down".into())
+    );
+}
+
 #[tokio::test]
 async fn configured_restart_codes_hold_too() {
     let upstream = UpstreamBuilder::new().name("app").start().await;

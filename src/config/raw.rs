@@ -146,7 +146,9 @@ impl Default for RawRestart {
     fn default() -> Self {
         Self {
             hold: true,
-            codes: vec![1012],
+            // Many servers say 1001 Going Away when they shut down (Python websockets,
+            // neffos): from the client's point of view that is a restart too.
+            codes: vec![1012, 1001],
             on_disconnect: true,
             max_hold: "30s".into(),
             backoff_initial: "1s".into(),

@@ -28,7 +28,7 @@ fn defaults_are_valid_and_match_the_spec() {
     assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
     assert_eq!(c.websocket.idle_timeout, None);
     assert!(c.restart.hold && c.restart.on_disconnect);
-    assert_eq!(c.restart.codes, vec![1012]);
+    assert_eq!(c.restart.codes, vec![1012, 1001]);
     assert_eq!(
         c.restart.max_reconnecting, 128,
         "holdfast's addition to SPEC"
