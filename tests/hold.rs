@@ -236,6 +236,57 @@ async fn a_byte_bound_overflow_gives_up_too() {
     assert_eq!(expect_close(&mut client).await.0, Some(1012));
 }
 
+/// A crash-looping instance: it accepts the handshake and resets the connection at once.
+/// Nothing held is lost on it — a message leaves the hold buffer only once it was written —
+/// and the next healthy instance gets every held message once, in order, after the replayed
+/// opening message.
+#[tokio::test]
+async fn messages_held_for_an_upstream_that_dies_after_its_handshake_go_to_the_next() {
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}replay_first = 1\n")).await;
+    let mut client = connect(&proxy).await;
+    send_text(&mut client, "hello").await;
+    upstream
+        .wait_for("the opening message", |log| log.received.len() == 1)
+        .await;
+    go_down_and_wait(&upstream, 1012).await;
+    for m in numbered(0..50) {
+        send_text(&mut client, &m).await;
+    }
+    let crashing = UpstreamBuilder::new()
+        .name("app")
+        .after_handshake(AfterHandshake::Reset);
+    upstream.start_again(Some(crashing)).await;
+    // Two tries reach the crashing instance and fail while delivering.
+    upstream
+        .wait_for("two handshakes with the crashing instance", |log| {
+            log.handshakes.len() >= 3
+        })
+        .await;
+    upstream.go_down(Control::Abort).await;
+    upstream.start_again(None).await;
+    send_text(&mut client, "whoami").await;
+    let echoes = read_until(&mut client, "app 2").await;
+    let mut expected = vec!["hello".to_owned()];
+    expected.extend(numbered(0..50));
+    // The first instance's echo of "hello", then the healthy one's echoes.
+    assert_eq!(
+        echoes[1..],
+        expected,
+        "replayed, then every held message once"
+    );
+    assert_eq!(
+        upstream.texts(),
+        [
+            vec!["hello".to_owned()],
+            expected,
+            vec!["whoami".to_owned()]
+        ]
+        .concat(),
+        "the crashing instance read nothing; the healthy one got everything once"
+    );
+}
+
 #[tokio::test]
 async fn replay_first_resends_the_opening_messages_to_every_new_upstream() {
     let upstream = UpstreamBuilder::new().name("app").start().await;

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::connect::{self, Connected};
+use super::ends::close_message;
 use super::handshake::{self, UpstreamTemplate};
 use super::session;
 use crate::config::Config;
@@ -166,7 +167,7 @@ pub async fn accept(
                 shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error);
                 let mut upstream = upstream;
                 let going_away = crate::close::Close::new(crate::close::GOING_AWAY, "client did not complete the upgrade");
-                session::complete_close(&mut upstream, vec![session::close_message(Some(going_away))]).await;
+                session::closing::complete_close(&mut upstream, vec![close_message(Some(going_away))]).await;
                 return;
             }
         };

@@ -1,11 +1,101 @@
-//! The close pipeline, as pure functions: what an end of either side of a session means
-//! for the other side (hold, rewrite, a verdict for a faulty peer). The session executes
-//! these decisions; the codes and rewrite rules come from `crate::close`.
+//! How a side of a session ends and what that means for the other side, as pure
+//! functions: a codec error read as a `Fault`, the close pipeline (hold, rewrite, a verdict
+//! for a faulty peer), and close frames to and from `Close`. The session executes these
+//! decisions; the codes and rewrite rules come from `crate::close`.
+
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::close::{
     ABNORMAL, Close, Direction, GOING_AWAY, INTERNAL_ERROR, INVALID_PAYLOAD, MESSAGE_TOO_BIG,
-    POLICY_VIOLATION, PROTOCOL_ERROR, RewriteRule, WireClose, rewrite, to_wire,
+    NO_STATUS, POLICY_VIOLATION, PROTOCOL_ERROR, RewriteRule, WireClose, rewrite, to_wire,
 };
+
+/// How a peer failed, read off a codec error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Vanished,
+    Protocol,
+    TooBig,
+    InvalidUtf8,
+}
+
+impl Fault {
+    pub fn of(error: &WsError) -> Fault {
+        match error {
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_)
+            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Fault::Vanished,
+            WsError::Capacity(_) | WsError::WriteBufferFull(_) => Fault::TooBig,
+            WsError::Utf8(_) => Fault::InvalidUtf8,
+            _ => Fault::Protocol,
+        }
+    }
+}
+
+impl From<Fault> for ClientEnd {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Vanished => ClientEnd::Vanished,
+            Fault::Protocol => ClientEnd::ProtocolError,
+            Fault::TooBig => ClientEnd::TooBig,
+            Fault::InvalidUtf8 => ClientEnd::InvalidUtf8,
+        }
+    }
+}
+
+impl From<Fault> for UpstreamEnd {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Vanished => UpstreamEnd::Vanished,
+            Fault::Protocol => UpstreamEnd::ProtocolError,
+            Fault::TooBig => UpstreamEnd::TooBig,
+            Fault::InvalidUtf8 => UpstreamEnd::InvalidUtf8,
+        }
+    }
+}
+
+impl ClientEnd {
+    /// The client's end when reading from or writing to it failed with `error`.
+    pub fn failed(error: &WsError) -> Self {
+        Fault::of(error).into()
+    }
+}
+
+impl UpstreamEnd {
+    /// The upstream's end when reading from or writing to it failed with `error`.
+    pub fn failed(error: &WsError) -> Self {
+        Fault::of(error).into()
+    }
+}
+
+/// A received close frame as a `Close` (an empty frame is the pseudo-code 1005).
+pub fn close_of(frame: Option<CloseFrame>) -> Close {
+    match frame {
+        Some(f) => Close::new(u16::from(f.code), f.reason.as_str()),
+        None => Close::new(NO_STATUS, ""),
+    }
+}
+
+/// A close that passed `close::to_wire` as a message to send.
+pub fn close_message(wire: WireClose) -> Message {
+    Message::Close(wire.map(|c| CloseFrame {
+        code: CloseCode::from(c.code),
+        reason: c.reason.into(),
+    }))
+}
+
+/// The code of a close message as sent (`Some(None)`: an empty close frame; `None`: not a
+/// close).
+pub fn wire_code(message: &Message) -> Option<Option<u16>> {
+    match message {
+        Message::Close(frame) => Some(frame.as_ref().map(|f| u16::from(f.code))),
+        _ => None,
+    }
+}
 
 /// How the upstream side of a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

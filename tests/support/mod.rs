@@ -160,6 +160,20 @@ pub struct UpstreamBuilder {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// How long each connection waits before its handshake is read (a busy server).
     handshake_delay: Option<Duration>,
+    /// What every connection does once its handshake is done (default: follow the script).
+    after_handshake: AfterHandshake,
+}
+
+/// What a test upstream's connections do right after the WebSocket handshake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AfterHandshake {
+    /// Follow the script (echo and the commands).
+    #[default]
+    Serve,
+    /// Reset the TCP connection at once (a pod that crashes right after accepting).
+    Reset,
+    /// Never read (nor write) again: the connection just sits there.
+    StopReading,
 }
 
 impl UpstreamBuilder {
@@ -184,6 +198,10 @@ impl UpstreamBuilder {
     }
     pub fn handshake_delay(mut self, delay: Duration) -> Self {
         self.handshake_delay = Some(delay);
+        self
+    }
+    pub fn after_handshake(mut self, what: AfterHandshake) -> Self {
+        self.after_handshake = what;
         self
     }
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
@@ -228,6 +246,10 @@ impl UpstreamBuilder {
         let this = self.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                if this.after_handshake == AfterHandshake::Reset {
+                    // Closing with a zero linger sends RST instead of FIN.
+                    let _ = tcp.set_zero_linger();
+                }
                 let whoami = format!(
                     "{} {}",
                     this.name,
@@ -297,6 +319,15 @@ impl UpstreamBuilder {
         let Ok(mut ws) = handshake else {
             return;
         };
+        match self.after_handshake {
+            AfterHandshake::Serve => {}
+            AfterHandshake::Reset => return,
+            AfterHandshake::StopReading => {
+                let _keep = ws;
+                std::future::pending::<()>().await;
+                return;
+            }
+        }
         loop {
             let message = tokio::select! {
                 control = control.recv() => match control {
@@ -573,6 +604,13 @@ pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
 
 pub async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) {
     ws.send(Message::text(text)).await.expect("send");
+}
+
+pub async fn send_binary<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    data: Vec<u8>,
+) {
+    ws.send(Message::binary(data)).await.expect("send");
 }
 
 /// Reads until the close frame; returns (code, reason), with code `None` for an empty close.

@@ -3,6 +3,7 @@
 //! (`Session::hold`), which keeps the client served while it reconnects upstream.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Session, client_end, close_of, fault};
+use super::Session;
+use super::relay::{Sent, ping_frame, within};
 use crate::close::Direction;
 use crate::config::Config;
 use crate::http::HandshakeError;
@@ -24,6 +26,7 @@ use crate::upstream::Member;
 use crate::ws::UpstreamWs;
 use crate::ws::connect;
 use crate::ws::ends::ClientEnd;
+use crate::ws::ends::close_of;
 use crate::ws::handshake::UpstreamTemplate;
 
 /// Reconnect delay before try `attempt` (0-based): uniform in
@@ -276,6 +279,8 @@ where
         };
         let mut current_try = start_try(attempt);
         let ping_every = config.websocket.ping_interval;
+        // A peer that takes nothing for two keepalive intervals has stopped reading.
+        let stall = ping_every.map(|every| every * 2);
         let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
@@ -308,24 +313,32 @@ where
                             self.shared.metrics.held_messages.increment(1.0);
                         }
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => break HoldEnd::Client(client_end(fault(&e))),
+                        Some(Err(e)) => break HoldEnd::Client(ClientEnd::failed(&e)),
                         None => break HoldEnd::Client(ClientEnd::Vanished),
                     }
                 }
                 result = &mut current_try => match result {
                     Try::Connected { mut socket, member } => {
-                        match self.deliver(&mut socket, &mut buffer).await {
-                            Ok(()) => {
+                        // Bounded like every send: by `stall` per message, by the hold's end
+                        // and by a drain.
+                        let delivered = tokio::select! {
+                            biased;
+                            _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
+                            delivered = self.deliver(&mut socket, &mut buffer, stall, &mut cancelled) => delivered,
+                        };
+                        let why = match delivered {
+                            Sent::Done => {
                                 self.member = member;
                                 break HoldEnd::Resumed(socket);
                             }
-                            Err(e) => {
-                                tracing::info!(session = %self.id, upstream = %member, error = %e, "new upstream failed during delivery; still holding");
-                                self.shared.pool.mark_failed(member.addr);
-                                attempt += 1;
-                                current_try = start_try(attempt);
-                            }
-                        }
+                            Sent::Shutdown => break HoldEnd::Shutdown,
+                            Sent::Stalled => "it stopped reading".to_owned(),
+                            Sent::Failed(e) => e.to_string(),
+                        };
+                        tracing::info!(session = %self.id, upstream = %member, error = %why, undelivered = buffer.len(), "new upstream failed during delivery; still holding");
+                        self.shared.pool.mark_failed(member.addr);
+                        attempt += 1;
+                        current_try = start_try(attempt);
                     }
                     Try::Retry(why) => {
                         tracing::debug!(session = %self.id, attempt, reason = %why, "reconnect try failed");
@@ -341,8 +354,18 @@ where
                     if self.client_keepalive.tick() {
                         break HoldEnd::Client(ClientEnd::Vanished);
                     }
-                    if let Err(e) = self.client().send(Message::Ping(Default::default())).await {
-                        break HoldEnd::Client(client_end(fault(&e)));
+                    // A client that stopped reading holds the ping up for `stall` at most,
+                    // and never past the hold's end or a drain.
+                    let pinged = tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
+                        sent = within(self.client().send(ping_frame()), stall, &mut cancelled) => sent,
+                    };
+                    match pinged {
+                        Sent::Done => {}
+                        Sent::Stalled => break HoldEnd::Client(ClientEnd::Stalled),
+                        Sent::Failed(e) => break HoldEnd::Client(ClientEnd::failed(&e)),
+                        Sent::Shutdown => break HoldEnd::Shutdown,
                     }
                 }
             }
@@ -386,27 +409,38 @@ where
     }
 
     /// Sends the `replay_first` recorded messages, then the buffer, in order, to a new
-    /// upstream. A buffered message leaves the buffer only once written, so a connection
-    /// that fails midway leaves the rest for the next try.
-    async fn deliver(
+    /// upstream. A buffered message leaves the buffer only once it is written (its send,
+    /// flush included, completed): a connection that fails midway, or stops reading for
+    /// `stall`, leaves that message and every one after it for the next try.
+    async fn deliver<S: Future + Unpin>(
         &mut self,
         socket: &mut UpstreamWs,
         buffer: &mut HoldBuffer,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        stall: Option<Duration>,
+        mut shutdown: S,
+    ) -> Sent {
+        // The replayed messages stay recorded whatever happens: they are queued, and written
+        // with the first buffered message (or the final flush).
         for message in &self.replay {
-            socket.feed_ref(message).await?;
+            match within(socket.feed_ref(message), stall, &mut shutdown).await {
+                Sent::Done => {}
+                other => return other,
+            }
         }
         let replayed = self.replay.len() as u64;
         while let Some((seq, message)) = buffer.front() {
             // Messages among the first `replay_first` were just replayed: exactly once.
             if *seq >= replayed {
-                socket.feed_ref(message).await?;
+                match within(socket.send_ref(message), stall, &mut shutdown).await {
+                    Sent::Done => {}
+                    other => return other,
+                }
                 self.relayed(Direction::ToUpstream, message.len());
             }
             buffer.pop_delivered();
             self.shared.metrics.held_messages.decrement(1.0);
         }
-        socket.flush().await
+        within(socket.flush(), stall, &mut shutdown).await
     }
 }
 
