@@ -148,7 +148,7 @@ impl App {
                         trim_due = true;
                     } else if std::mem::take(&mut trim_due) {
                         // Off the async threads: trimming walks the allocator's arenas.
-                        let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+                        let _ = tokio::task::spawn_blocking(crate::trim::return_freed_memory).await;
                     }
                     if tick % 5 == 0 {
                         shared.metrics.run_upkeep();
@@ -185,17 +185,6 @@ impl App {
         admin_stop.cancel();
         upkeep.abort();
         left
-    }
-}
-
-/// Returns memory the allocator holds but no longer uses to the system. glibc's malloc keeps
-/// freed blocks (a large message's buffers, once given back) in its arenas; `malloc_trim`
-/// releases their pages. Other allocators return memory on their own.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only touches the allocator's own free lists; any thread may call it.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

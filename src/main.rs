@@ -1,6 +1,8 @@
 //! The `holdfast` binary: CLI (clap), logging setup, signals and exit codes
 //! (0 clean shutdown, 2 bad config or usage, 1 runtime failure).
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -6,24 +6,30 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use holdfast::upstream::Resolver;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn two_pods() -> (TestUpstream, TestUpstream, Resolver) {
-    let a = UpstreamBuilder::new().name("pod-a").start().await;
-    let port = a.addr.port();
+/// Two instances on one port, one on each loopback address (`None`: no IPv6 loopback).
+async fn two_pods() -> Option<(TestUpstream, TestUpstream, Resolver)> {
+    // The port is held on both addresses before either instance listens.
+    let (v4, v6) = reserve_on_both_loopbacks()?;
+    let a = UpstreamBuilder::new()
+        .name("pod-a")
+        .bind(v4.addr())
+        .start()
+        .await;
     let b = UpstreamBuilder::new()
         .name("pod-b")
-        .bind(SocketAddr::new("::1".parse().unwrap(), port))
+        .bind(v6.addr())
         .start()
         .await;
     let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
     let resolver = Resolver::Static(Arc::new(HashMap::from([("app.internal".to_owned(), ips)])));
-    (a, b, resolver)
+    Some((a, b, resolver))
 }
 
 async fn whoami(client: &mut Client) -> String {
@@ -36,7 +42,11 @@ async fn whoami(client: &mut Client) -> String {
 
 #[tokio::test]
 async fn held_clients_resume_on_another_address_of_the_same_name() {
-    let (a, b, resolver) = two_pods().await;
+    let pods = two_pods().await;
+    if !require("an IPv6 loopback (::1)", pods.is_some()) {
+        return;
+    }
+    let (a, b, resolver) = pods.expect("checked");
     let endpoint = format!("ws://app.internal:{}", a.addr.port());
     // A backoff this long would time the test out: the other address is tried at once.
     let extra = "[restart]\nbackoff_initial = \"30s\"\nbackoff_max = \"60s\"\nmax_hold = \"2m\"\n";

@@ -83,7 +83,9 @@ async fn an_upstream_refusal_is_relayed_with_its_status_and_body() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
-    let port = unused_port();
+    // Reserved and never listening: connections are refused for as long as the test runs.
+    let reserved = Reservation::new();
+    let port = reserved.port();
     let proxy = Proxy::start(&[format!("ws://127.0.0.1:{port}")], "").await;
     let answer = raw_exchange(proxy.addr, &upgrade_request("")).await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");

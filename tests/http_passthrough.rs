@@ -115,7 +115,9 @@ async fn requests_are_forwarded_with_bodies_and_forwarding_headers() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
-    let port = unused_port();
+    // Reserved and never listening: connections are refused for as long as the test runs.
+    let reserved = Reservation::new();
+    let port = reserved.port();
     let proxy = Proxy::start(&[format!("ws://127.0.0.1:{port}")], "").await;
     let request = Request::get("/health")
         .body(Full::new(Bytes::new()))

@@ -1,5 +1,8 @@
 //! Test fixtures: a scripted upstream WebSocket server, a proxy builder, client helpers
 //! and TLS material. Everything binds 127.0.0.1:0; nothing sleeps to wait for readiness.
+//! A port a test listens on again later (an upstream's restart) or needs free stays
+//! reserved for the test's whole life (`Reservation`): nothing releases a port and hopes to
+//! bind it again.
 //!
 //! The upstream follows a script driven by message content, so each test reads as a story:
 //! `close <code> [reason]`, `close-empty`, `abort`, `big <bytes>`, `bad-utf8`,
@@ -57,6 +60,8 @@ pub enum Control {
 
 pub struct TestUpstream {
     pub addr: SocketAddr,
+    /// Keeps `addr` this upstream's while no generation listens on it.
+    _reserved: Reservation,
     pub log: Arc<Mutex<UpstreamLog>>,
     changed: Arc<Notify>,
     control: tokio::sync::broadcast::Sender<Control>,
@@ -87,15 +92,7 @@ impl TestUpstream {
         let builder = builder.unwrap_or_else(|| self.builder.clone());
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let listener = within("rebinding the upstream", async {
-            loop {
-                match TcpListener::bind(self.addr).await {
-                    Ok(l) => return l,
-                    Err(_) => tokio::task::yield_now().await,
-                }
-            }
-        })
-        .await;
+        let listener = listen_on(self.addr).expect("the reserved address takes a listener again");
         let task = builder.spawn_accept(
             listener,
             self.log.clone(),
@@ -210,9 +207,12 @@ impl UpstreamBuilder {
     }
 
     pub async fn start(self) -> TestUpstream {
-        let bind = self.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-        let listener = TcpListener::bind(bind).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let reserved = match self.bind {
+            Some(addr) => Reservation::of(addr).expect("the upstream's address is free"),
+            None => Reservation::new(),
+        };
+        let addr = reserved.addr();
+        let listener = listen_on(addr).expect("listening on a reserved address");
         let log = Arc::new(Mutex::new(UpstreamLog::default()));
         let changed = Arc::new(Notify::new());
         let (control, _) = tokio::sync::broadcast::channel(16);
@@ -226,6 +226,7 @@ impl UpstreamBuilder {
         );
         TestUpstream {
             addr,
+            _reserved: reserved,
             log,
             changed,
             control,
@@ -633,13 +634,80 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A loopback port nothing listens on (bound, read back, released).
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address held for a test: bound with `SO_REUSEPORT` and never listening, so
+/// connections to it are refused, other processes cannot take it (a bind without the option
+/// conflicts, and an outgoing connection never picks a bound port), and this test's own
+/// listeners can join it (`listen_on`) and leave it again without giving it up.
+pub struct Reservation {
+    socket: tokio::net::TcpSocket,
+}
+
+impl Reservation {
+    /// A fresh port on 127.0.0.1.
+    pub fn new() -> Reservation {
+        Self::of("127.0.0.1:0".parse().unwrap()).expect("a loopback port")
+    }
+
+    /// `addr` (port 0: any free port on its address).
+    pub fn of(addr: SocketAddr) -> std::io::Result<Reservation> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        Ok(Reservation { socket })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+}
+
+/// A listener on a reserved address (it joins the reservation's `SO_REUSEPORT` group).
+pub fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// One port reserved on both 127.0.0.1 and ::1 (two pods behind one name), or `None` where
+/// this machine has no IPv6 loopback.
+pub fn reserve_on_both_loopbacks() -> Option<(Reservation, Reservation)> {
+    for _ in 0..100 {
+        let v4 = Reservation::new();
+        let v6 = SocketAddr::new("::1".parse().unwrap(), v4.port());
+        match Reservation::of(v6) {
+            Ok(v6) => return Some((v4, v6)),
+            // That port is taken on ::1: try another.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Whether a test can run here: `available`, or it says why it skips. CI sets
+/// `TEST_REQUIRE_ALL=1`, and there a missing capability fails the test instead.
+pub fn require(capability: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var_os("TEST_REQUIRE_ALL").is_some() {
+        panic!("{capability} is required (TEST_REQUIRE_ALL) but not available here");
+    }
+    eprintln!("skipped: {capability} is not available on this machine");
+    false
 }
 
 /// A plain `GET` over a fresh connection: (status, body).

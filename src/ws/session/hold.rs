@@ -13,7 +13,7 @@ use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Session;
 use super::relay::{Sent, ping_frame, within};
@@ -431,7 +431,14 @@ where
         while let Some((seq, message)) = buffer.front() {
             // Messages among the first `replay_first` were just replayed: exactly once.
             if *seq >= replayed {
-                match within(socket.send_ref(message), stall, &mut shutdown).await {
+                // Written means with the kernel: a ring socket's write only copies.
+                let send = async {
+                    socket.send_ref(message).await?;
+                    crate::socket::written(socket.get_mut())
+                        .await
+                        .map_err(WsError::Io)
+                };
+                match within(send, stall, &mut shutdown).await {
                     Sent::Done => {}
                     other => return other,
                 }

@@ -1,0 +1,428 @@
+//! The driver: one per worker thread, owning the ring, the receive pool and every ring
+//! socket's state (`Slot`). It queues receives and sends, hands them to the kernel in one
+//! `io_uring_enter` per pass, and turns completions into slot state and task wake-ups.
+//!
+//! Memory the kernel uses — the pool it receives into, the buffers it sends from — lives
+//! here, not in the `RingStream`s, and goes only after the kernel is done with it: a slot
+//! whose stream is dropped waits for its last completion, and dropping the driver cancels
+//! every operation in flight and reaps them before anything is freed.
+
+use std::io;
+use std::net::TcpStream as StdTcpStream;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::buf_ring::{BUF_SIZE, BufRing};
+
+/// The buffer group of the receive pool.
+pub const GROUP: u16 = 0;
+/// A stream takes this many bytes from writers before the kernel has taken the earlier ones.
+pub const OUT_CAP: usize = 256 * 1024;
+/// Outgoing buffers larger than this are given back once sent (an idle stream keeps little).
+const OUT_KEEP: usize = 4 * 1024;
+/// Passes of submit-and-complete one `flush` makes at most before leaving the rest to the
+/// driver task.
+const PASSES: usize = 32;
+/// `IORING_RECVSEND_POLL_FIRST`.
+const RECVSEND_POLL_FIRST: u16 = 1;
+/// How long dropping the driver waits for cancelled operations to complete.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+const RECV: u64 = 0;
+const SEND: u64 = 1;
+/// `user_data` of operations whose completions need no handling (cancellations, the
+/// start-up self-check).
+pub const CANCEL: u64 = u64::MAX;
+
+/// One socket's state, owned by the driver: the kernel may still be using its buffers after
+/// the `RingStream` is gone.
+pub struct Slot {
+    pub socket: StdTcpStream,
+    /// A completed receive not yet read out: buffer id, next byte, end.
+    pub ready: Option<(u16, u32, u32)>,
+    pub eof: bool,
+    pub read_error: Option<i32>,
+    pub recv_in_flight: bool,
+    pub reader: Option<Waker>,
+    /// Written, not yet handed to the kernel.
+    pub out: Vec<u8>,
+    /// Handed to the kernel: `sending[sent..]` is still to go.
+    sending: Vec<u8>,
+    sent: usize,
+    pub send_in_flight: bool,
+    /// In `Driver::dirty`.
+    pub queued: bool,
+    pub write_error: Option<i32>,
+    pub writer: Option<Waker>,
+    /// The `RingStream` is gone: the slot goes once nothing is in flight.
+    pub dropped: bool,
+}
+
+impl Slot {
+    pub fn new(socket: StdTcpStream) -> Self {
+        Self {
+            socket,
+            ready: None,
+            eof: false,
+            read_error: None,
+            recv_in_flight: false,
+            reader: None,
+            out: Vec::new(),
+            sending: Vec::new(),
+            sent: 0,
+            send_in_flight: false,
+            queued: false,
+            write_error: None,
+            writer: None,
+            dropped: false,
+        }
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.recv_in_flight || self.send_in_flight
+    }
+
+    /// Everything written has been taken by the kernel (or the socket failed).
+    pub fn all_sent(&self) -> bool {
+        !self.send_in_flight && self.out.is_empty()
+    }
+}
+
+/// See the module documentation.
+pub struct Driver {
+    pub id: u32,
+    pub ring: IoUring,
+    pub buffers: BufRing,
+    /// Size of the ring's file table: slot `key` is file `key`.
+    pub files: u32,
+    pub slots: Vec<Option<Slot>>,
+    pub free: Vec<u32>,
+    /// Slots with written bytes to hand to the kernel.
+    pub dirty: Vec<u32>,
+    /// Slots whose receive found the pool empty; re-armed as buffers come back.
+    pub starved: Vec<u32>,
+    completions: Vec<(u64, i32, u32)>,
+    /// Wakers of tasks whose operations completed, woken after the driver is released.
+    pub wake: Vec<Waker>,
+    /// The driver is being dropped: completions are recorded, nothing new is started.
+    closing: bool,
+}
+
+impl Driver {
+    pub fn new(id: u32, ring: IoUring, buffers: BufRing, files: u32) -> Self {
+        Self {
+            id,
+            ring,
+            buffers,
+            files,
+            slots: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            starved: Vec::new(),
+            completions: Vec::new(),
+            wake: Vec::new(),
+            closing: false,
+        }
+    }
+
+    /// The slot of a live stream.
+    pub fn slot(&mut self, key: u32) -> &mut Slot {
+        self.slots[key as usize]
+            .as_mut()
+            .expect("a live RingStream's slot")
+    }
+
+    /// Hands queued sends and receives to the kernel and runs the completions waiting for
+    /// this thread, pass after pass. True if it stopped with completions possibly still
+    /// waiting.
+    pub fn flush(&mut self) -> bool {
+        for _ in 0..PASSES {
+            self.queue_sends();
+            let (queued, taskrun) = {
+                let sq = self.ring.submission();
+                (sq.len(), sq.taskrun())
+            };
+            // The kernel runs only so many deferred completions per call and sets the
+            // TASKRUN flag again if it left some.
+            if queued == 0 && !taskrun {
+                return false;
+            }
+            // GETEVENTS every time: the kernel runs the deferred completions in this call.
+            // SAFETY: every buffer a queued entry points into is owned by a slot (a send's
+            // `sending`, untouched while the send is in flight) or the pool (receives), and
+            // stays until its completion has been handled: slots are released only after
+            // their last completion, and `Drop` reaps everything before freeing.
+            let entered = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(queued as u32, 0, 1, None)
+            };
+            if let Err(e) = entered
+                && e.raw_os_error() != Some(libc::EINTR)
+                && e.raw_os_error() != Some(libc::EBUSY)
+            {
+                tracing::error!(error = %e, "io_uring_enter failed");
+                return false;
+            }
+            self.reap();
+        }
+        true
+    }
+
+    fn reap(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        done.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(data, result, flags) in &done {
+            self.complete(data, result, flags);
+        }
+        done.clear();
+        self.completions = done;
+    }
+
+    /// Queues `entry`. When the submission queue is full its entries go to the kernel
+    /// first; a queue that stays full (the kernel refusing submissions) is an error for the
+    /// caller, never a spin.
+    pub fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        for _ in 0..3 {
+            // SAFETY: see `flush`: what the entry points into outlives its completion.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            if let Err(e) = self.ring.submit()
+                && e.raw_os_error() != Some(libc::EBUSY)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                return Err(e);
+            }
+        }
+        Err(io::Error::other("the io_uring submission queue stays full"))
+    }
+
+    pub fn give_back(&mut self, bid: u16) {
+        self.buffers.give_back(bid);
+        if !self.closing
+            && let Some(key) = self.starved.pop()
+        {
+            self.arm_recv(key);
+        }
+    }
+
+    pub fn arm_recv(&mut self, key: u32) {
+        let Some(slot) = self.slots[key as usize].as_mut() else {
+            return;
+        };
+        if slot.dropped || slot.recv_in_flight || self.closing {
+            return;
+        }
+        let entry = opcode::Recv::new(types::Fixed(key), std::ptr::null_mut(), BUF_SIZE as u32)
+            .buf_group(GROUP)
+            // The reader just found the socket drained: wait for data before trying.
+            .ioprio(RECVSEND_POLL_FIRST)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(((key as u64) << 1) | RECV);
+        match self.push(&entry) {
+            Ok(()) => slot_mut(&mut self.slots, key).recv_in_flight = true,
+            Err(e) => {
+                let slot = slot_mut(&mut self.slots, key);
+                slot.read_error = Some(e.raw_os_error().unwrap_or(libc::EAGAIN));
+                if let Some(waker) = slot.reader.take() {
+                    self.wake.push(waker);
+                }
+            }
+        }
+    }
+
+    fn queue_sends(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(slot) = self.slots[key as usize].as_mut() else {
+                continue;
+            };
+            slot.queued = false;
+            if slot.send_in_flight || slot.out.is_empty() || slot.write_error.is_some() {
+                continue;
+            }
+            std::mem::swap(&mut slot.out, &mut slot.sending);
+            slot.sent = 0;
+            self.send(key);
+        }
+        self.dirty = dirty;
+    }
+
+    fn send(&mut self, key: u32) {
+        let Some(slot) = self.slots[key as usize].as_mut() else {
+            return;
+        };
+        let rest = &slot.sending[slot.sent..];
+        let entry = opcode::Send::new(types::Fixed(key), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(((key as u64) << 1) | SEND);
+        match self.push(&entry) {
+            Ok(()) => slot_mut(&mut self.slots, key).send_in_flight = true,
+            Err(e) => {
+                let slot = slot_mut(&mut self.slots, key);
+                slot.write_error = Some(e.raw_os_error().unwrap_or(libc::EAGAIN));
+                slot.sending.clear();
+                slot.out.clear();
+                if let Some(waker) = slot.writer.take() {
+                    self.wake.push(waker);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32) {
+        if data == CANCEL {
+            return;
+        }
+        let key = (data >> 1) as u32;
+        let Some(slot) = self.slots.get_mut(key as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if data & 1 == RECV {
+            slot.recv_in_flight = false;
+            let buffer = cqueue::buffer_select(flags);
+            if let Some(bid) = buffer {
+                self.buffers.take(bid);
+            }
+            let mut unused = buffer;
+            if result == -libc::ENOBUFS {
+                if !slot.dropped && !self.closing {
+                    self.starved.push(key);
+                    #[cfg(test)]
+                    super::tests::STARVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            } else {
+                if !slot.dropped {
+                    if result > 0 {
+                        if let Some(bid) = buffer {
+                            slot.ready = Some((bid, 0, result as u32));
+                            unused = None;
+                        }
+                    } else if result == 0 {
+                        slot.eof = true;
+                    } else {
+                        slot.read_error = Some(-result);
+                    }
+                }
+                if let Some(waker) = slot.reader.take() {
+                    self.wake.push(waker);
+                }
+            }
+            if let Some(bid) = unused {
+                self.give_back(bid);
+            }
+        } else {
+            slot.send_in_flight = false;
+            if result < 0 {
+                slot.write_error = Some(-result);
+                slot.sending.clear();
+                slot.out.clear();
+            } else {
+                slot.sent += result as usize;
+                if slot.sent < slot.sending.len() && !slot.dropped && !self.closing {
+                    self.send(key);
+                    return;
+                }
+                slot.sending.clear();
+                if slot.sending.capacity() > OUT_KEEP {
+                    slot.sending = Vec::new();
+                }
+                if !slot.out.is_empty() && !slot.queued && !slot.dropped {
+                    slot.queued = true;
+                    self.dirty.push(key);
+                }
+            }
+            if let Some(waker) = slot.writer.take() {
+                self.wake.push(waker);
+            }
+        }
+        self.release_if_done(key);
+    }
+
+    pub fn release_if_done(&mut self, key: u32) {
+        if let Some(slot) = &self.slots[key as usize]
+            && slot.dropped
+            && !slot.in_flight()
+        {
+            // Out of the ring's table, then closed with the slot.
+            let _ = self.ring.submitter().register_files_update(key, &[-1]);
+            self.slots[key as usize] = None;
+            self.free.push(key);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.in_flight())
+            .count()
+    }
+}
+
+fn slot_mut(slots: &mut [Option<Slot>], key: u32) -> &mut Slot {
+    slots[key as usize].as_mut().expect("a slot just seen")
+}
+
+impl Driver {
+    /// Cancels every operation in flight and reaps until none is left or `DRAIN_LIMIT`
+    /// passed; nothing new starts from then on. Returns how many are still in flight.
+    pub fn drain(&mut self) -> usize {
+        self.closing = true;
+        if self.in_flight() == 0 {
+            return 0;
+        }
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(CANCEL);
+        let _ = self.push(&cancel);
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        let wait = types::Timespec::new().nsec(10_000_000);
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring_enter failed while draining the ring");
+                    break;
+                }
+            }
+            self.reap();
+        }
+        self.in_flight()
+    }
+}
+
+impl Drop for Driver {
+    /// The kernel writes into the pool and reads the send buffers until each operation's
+    /// completion is posted: everything in flight is cancelled and reaped before that memory
+    /// goes. Should the kernel not finish within `DRAIN_LIMIT`, the memory is leaked rather
+    /// than freed under it.
+    fn drop(&mut self) {
+        let left = self.drain();
+        if left > 0 {
+            tracing::error!(
+                operations = left,
+                "io_uring operations still in flight after a second; their memory is leaked"
+            );
+            self.buffers.leak();
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+        // Woken tasks are gone with the runtime; their wakers just drop.
+        self.wake.clear();
+    }
+}

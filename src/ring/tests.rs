@@ -1,0 +1,241 @@
+//! The ring against real sockets on a worker-like runtime: whole and in-order bytes both
+//! ways, a pool smaller than the ready sockets, dropped streams, errors, and a driver
+//! dropped with operations in flight.
+
+use super::*;
+use crate::ring::buf_ring::{BUF_COUNT, BUF_SIZE};
+use crate::ring::stream::RingStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+
+/// A worker-like runtime: one thread, the ring flushed before it parks. Where the kernel
+/// refuses the ring the test says so and skips — unless `TEST_REQUIRE_ALL` is set (CI),
+/// which makes it a failure.
+fn on_ring<F: std::future::Future>(test: F) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(|| {
+            flush();
+        })
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if let Err(e) = install() {
+            let why = format!("io_uring with DEFER_TASKRUN (Linux 6.1+): {e}");
+            assert!(
+                std::env::var_os("TEST_REQUIRE_ALL").is_none(),
+                "{why} is required (TEST_REQUIRE_ALL) but refused here"
+            );
+            eprintln!("skipped: {why} is refused on this machine");
+            return;
+        }
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("the test finishes within 30 s");
+    })
+}
+
+/// A connected pair: our end on the ring, the peer's a plain tokio socket.
+async fn pair() -> (RingStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = TcpStream::connect(listener.local_addr().unwrap());
+    let (ours, theirs) = tokio::join!(ours, listener.accept());
+    let ours = RingStream::adopt(ours.unwrap())
+        .unwrap()
+        .expect("on the ring");
+    (ours, theirs.unwrap().0)
+}
+
+/// Receives that found the pool empty, on any thread.
+pub(super) static STARVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn live_slots() -> usize {
+    DRIVER.with(|d| {
+        d.borrow()
+            .as_ref()
+            .map_or(0, |d| d.slots.iter().flatten().count())
+    })
+}
+
+#[test]
+fn small_and_large_writes_arrive_whole_and_in_order() {
+    on_ring(async {
+        let (ours, mut theirs) = pair().await;
+        // The peer echoes everything back.
+        let echo = tokio::spawn(async move {
+            let (mut r, mut w) = theirs.split();
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let (mut r, mut w) = tokio::io::split(ours);
+        w.write_all(b"hello").await.unwrap();
+        let mut five = [0u8; 5];
+        r.read_exact(&mut five).await.unwrap();
+        assert_eq!(&five, b"hello");
+
+        // 3 MiB each way at once: more than the receive pool and the outgoing cap.
+        let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        assert!(back == big, "the echo differs from what was sent");
+        writer.await.unwrap();
+        echo.await.unwrap();
+    });
+}
+
+#[test]
+fn more_ready_sockets_than_pool_buffers_all_get_their_bytes() {
+    on_ring(async {
+        let count = BUF_COUNT as usize + 64;
+        let mut peers = Vec::new();
+        let mut readers = Vec::new();
+        for i in 0..count {
+            let (mut ours, theirs) = pair().await;
+            peers.push(theirs);
+            readers.push(tokio::spawn(async move {
+                let mut got = vec![0u8; BUF_SIZE + 100];
+                ours.read_exact(&mut got).await.unwrap();
+                assert!(
+                    got.iter().all(|&b| b == i as u8),
+                    "socket {i} got others' bytes"
+                );
+            }));
+        }
+        // Every reader has a receive armed before any byte arrives.
+        tokio::task::yield_now().await;
+        for (i, peer) in peers.iter_mut().enumerate() {
+            peer.write_all(&vec![i as u8; BUF_SIZE + 100])
+                .await
+                .unwrap();
+        }
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        assert!(
+            STARVED.load(Ordering::Relaxed) > 0,
+            "the pool never ran out"
+        );
+    });
+}
+
+#[test]
+fn a_dropped_stream_closes_its_socket_and_frees_its_slot() {
+    on_ring(async {
+        let (mut ours, mut theirs) = pair().await;
+        ours.write_all(b"last words").await.unwrap();
+        // A read waits (a receive is in flight) when the stream goes.
+        let mut buf = [0u8; 16];
+        let pending = tokio::time::timeout(Duration::from_millis(50), ours.read(&mut buf));
+        assert!(pending.await.is_err(), "nothing was sent to read");
+        assert_eq!(live_slots(), 1);
+        drop(ours);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // The cancelled receive completes on a later pass.
+        while live_slots() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+}
+
+#[test]
+fn end_of_stream_and_errors_reach_the_reader() {
+    on_ring(async {
+        let (mut ours, theirs) = pair().await;
+        drop(theirs);
+        let mut buf = [0u8; 8];
+        assert_eq!(ours.read(&mut buf).await.unwrap(), 0);
+        // Writing to a closed peer fails (at once or on a later write).
+        let mut failed = false;
+        for _ in 0..100 {
+            if ours.write_all(b"x").await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(failed, "writes to a closed peer keep succeeding");
+    });
+}
+
+/// A write only copies into the outgoing buffer; `poll_written` waits for the kernel to take
+/// it, and is where a send to a peer that reset the connection fails.
+#[test]
+fn written_waits_for_the_send_and_reports_its_failure() {
+    on_ring(async {
+        let (mut ours, mut theirs) = pair().await;
+        ours.write_all(b"hello").await.unwrap();
+        std::future::poll_fn(|cx| ours.poll_written(cx))
+            .await
+            .unwrap();
+        let mut five = [0u8; 5];
+        theirs.read_exact(&mut five).await.unwrap();
+        assert_eq!(&five, b"hello");
+        theirs.set_zero_linger().unwrap();
+        drop(theirs);
+        let mut failed = false;
+        for _ in 0..100 {
+            let wrote = ours.write_all(b"x").await;
+            let written = std::future::poll_fn(|cx| ours.poll_written(cx)).await;
+            if wrote.is_err() || written.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "sends to a reset peer keep succeeding");
+    });
+}
+
+/// The driver goes with its thread, perhaps with receives still armed: dropping it cancels
+/// them and waits for their completions before the pool they would write into is freed.
+#[test]
+fn a_driver_drained_with_operations_in_flight_reaps_them_first() {
+    on_ring(async {
+        let mut pairs = Vec::new();
+        for _ in 0..8 {
+            let (mut ours, theirs) = pair().await;
+            // Arms a receive that never completes on its own (nothing is sent).
+            let mut buf = [0u8; 8];
+            let pending = tokio::time::timeout(Duration::from_millis(20), ours.read(&mut buf));
+            assert!(pending.await.is_err());
+            pairs.push((ours, theirs));
+        }
+        let mut driver = DRIVER.with(|d| d.borrow_mut().take()).expect("a driver");
+        assert_eq!(
+            driver.in_flight(),
+            8,
+            "every stream has a receive in flight"
+        );
+        assert_eq!(driver.drain(), 0, "cancelled and reaped");
+        assert!(driver.slots.iter().flatten().all(|s| !s.in_flight()));
+        // The streams outlive their driver here: off it, they fail instead of touching
+        // another ring.
+        let (mut ours, _) = pairs.pop().unwrap();
+        drop(driver);
+        assert!(ours.write_all(b"x").await.is_err());
+    });
+}
+
+#[test]
+fn a_thread_without_a_ring_keeps_the_tokio_socket() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            assert!(RingStream::adopt(tcp).unwrap().is_err());
+        });
+}
