@@ -462,6 +462,18 @@ async fn reconnects_to_one_address_are_paced() {
         "{most} reconnects in the upstream's handshake at once (max_reconnecting = {TURNS})"
     );
     assert_eq!(proxy.metric("holdfast_reconnects_waiting").await, 0.0);
+    // A hold ends when the new upstream confirms the delivery (its pong), which can come a
+    // moment after the reply the client already has.
+    within("every hold to end resumed", async {
+        while proxy
+            .metric("holdfast_holds_total{outcome=\"resumed\"}")
+            .await
+            < SESSIONS as f64
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(
         proxy
             .metric("holdfast_holds_total{outcome=\"resumed\"}")

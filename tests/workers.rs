@@ -98,3 +98,76 @@ async fn relay_hold_and_drain(io_uring: bool) {
         .await
         .unwrap();
 }
+
+/// A crash-looping instance (it accepts the handshake and resets the connection) on worker
+/// threads: a held message leaves the hold buffer only once the kernel took it — on a ring
+/// worker, whose writes only copy, that is when the send completes — so nothing held is
+/// lost on the crashing instance and the healthy one gets it all once, in order.
+async fn crash_looping_instance_loses_nothing(io_uring: bool) {
+    let workers = Arc::new(Workers::start(2, io_uring).expect("worker threads start"));
+    if io_uring
+        && !require(
+            "io_uring with DEFER_TASKRUN (Linux 6.1+; see the workers' warning)",
+            workers.on_io_uring() == 2,
+        )
+    {
+        return;
+    }
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start_on_workers(&[upstream.url()], FAST, workers.clone()).await;
+    let mut clients = connect_relaying(&proxy, 4).await;
+    restart_under(&upstream, &mut clients, "held 0").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        for m in 1..20 {
+            send_text(client, &format!("held {m} from {i}")).await;
+        }
+    }
+    let crashing = UpstreamBuilder::new()
+        .name("app")
+        .after_handshake(AfterHandshake::Reset);
+    let before = upstream.log.lock().unwrap().handshakes.len();
+    upstream.start_again(Some(crashing)).await;
+    upstream
+        .wait_for("every session to try the crashing instance", |log| {
+            log.handshakes.len() >= before + 4
+        })
+        .await;
+    upstream.go_down(Control::Abort).await;
+    upstream.start_again(None).await;
+    for client in &mut clients {
+        send_text(client, "whoami").await;
+        loop {
+            if next_message(client).await == Message::text("app 2") {
+                break;
+            }
+        }
+    }
+    let texts = upstream.texts();
+    for i in 0..4 {
+        let mine: Vec<&String> = texts
+            .iter()
+            .filter(|t| t.ends_with(&format!("from {i}")))
+            .collect();
+        let expected: Vec<String> = (1..20).map(|m| format!("held {m} from {i}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "client {i}");
+    }
+    assert_eq!(
+        texts.iter().filter(|t| *t == "held 0").count(),
+        4,
+        "each client's first held message once"
+    );
+    drop(proxy);
+    tokio::task::spawn_blocking(move || workers.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_instance_loses_nothing_on_epoll_workers() {
+    crash_looping_instance_loses_nothing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_instance_loses_nothing_on_io_uring_workers() {
+    crash_looping_instance_loses_nothing(true).await;
+}

@@ -93,7 +93,9 @@ pub fn parse_header(buf: &[u8], role: Role, max_frame: usize) -> Result<Option<H
         (Role::Client, true) => return protocol(ProtocolError::MaskedFrameFromServer),
         _ => {}
     }
-    if len > max_frame as u64 {
+    // A frame must also fit in memory with its header, whatever the limit says (a limit of
+    // `usize::MAX` would otherwise let `header_len + len` overflow).
+    if len > max_frame as u64 || len > (isize::MAX as u64 - MAX_HEADER as u64) {
         return Err(too_big(len, max_frame));
     }
     let mask = masked.then(|| buf[header_len - 4..header_len].try_into().expect("4 bytes"));
@@ -238,6 +240,13 @@ mod tests {
         encode_header(&mut big, BINARY, 2 << 20, None);
         assert!(matches!(
             header(&big, Role::Client),
+            Err(WsError::Capacity(_))
+        ));
+        // Whatever the limit, a length that cannot be held with its header is too big.
+        let mut huge_len = vec![0x82, 127];
+        huge_len.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        assert!(matches!(
+            parse_header(&huge_len, Role::Client, usize::MAX),
             Err(WsError::Capacity(_))
         ));
         // A 64-bit length with the top bit set is just too big.

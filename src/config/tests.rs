@@ -264,3 +264,16 @@ fn effective_config_names_origins() {
     assert_eq!(entry("listen.max_connections").origin, "default");
     assert!(loaded.effective.len() > 30);
 }
+
+#[test]
+fn message_limits_are_bounded_by_what_memory_holds() {
+    let p =
+        problems("[websocket]\nmax_frame_size = 9223372036854775807\nmax_message_size = \"2GiB\"");
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["websocket.max_message_size", "websocket.max_frame_size"]
+    );
+    assert!(p[0].message.contains("at most 1GiB"), "{}", p[0].message);
+    assert!(from_toml_str("[websocket]\nmax_message_size = \"1GiB\"").is_ok());
+}

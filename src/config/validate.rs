@@ -8,13 +8,15 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::raw::{RawCodes, RawConfig, RawSize};
-use super::units::{parse_duration, parse_size};
+use super::units::{self, parse_duration, parse_size};
 use super::*;
 use crate::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
 use crate::tls;
 
 /// `restart.max_reconnecting` above this is a typo, not a plan (and a semaphore's bound).
 const MAX_RECONNECTING: i64 = 1_000_000;
+/// The largest `max_message_size` / `max_frame_size`: a message is buffered whole.
+const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 
 /// Collects problems and turns each raw value into its typed form.
 struct Checker<'a> {
@@ -62,6 +64,20 @@ impl Checker<'_> {
                 0
             }
         }
+    }
+
+    fn size_at_most(&mut self, key: &str, raw: &RawSize, max: usize) -> usize {
+        let size = self.size(key, raw);
+        if size > max {
+            self.problem(
+                key,
+                format!(
+                    "must be at most {} (a message is held in memory whole)",
+                    units::format_size(max as u64)
+                ),
+            );
+        }
+        size
     }
 
     fn count_within(&mut self, key: &str, value: i64, min: i64, max: i64) -> usize {
@@ -285,8 +301,16 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     let ping = c.duration("websocket.ping_interval", &ws.ping_interval);
     let idle = c.duration("websocket.idle_timeout", &ws.idle_timeout);
     let websocket = WebSocket {
-        max_message_size: c.size("websocket.max_message_size", &ws.max_message_size),
-        max_frame_size: c.size("websocket.max_frame_size", &ws.max_frame_size),
+        max_message_size: c.size_at_most(
+            "websocket.max_message_size",
+            &ws.max_message_size,
+            MAX_MESSAGE_LIMIT,
+        ),
+        max_frame_size: c.size_at_most(
+            "websocket.max_frame_size",
+            &ws.max_frame_size,
+            MAX_MESSAGE_LIMIT,
+        ),
         ping_interval: (!ping.is_zero()).then_some(ping),
         idle_timeout: (!idle.is_zero()).then_some(idle),
         allowed_origins: ws.allowed_origins.clone(),

@@ -37,11 +37,14 @@ enum Step {
 
 impl<S> WsConn<S> {
     /// A complete frame the relay takes inline: a final data frame of up to `SMALL_INLINE`
-    /// bytes, outside a fragmented message, while the peer may still send.
+    /// bytes (and within `max_message`), outside a fragmented message, while the peer may
+    /// still send.
     fn takes_inline(&self, h: &Header) -> bool {
         matches!(h.opcode, TEXT | BINARY)
             && h.fin
             && h.len <= SMALL_INLINE
+            // A limit below the inline size is checked where every other message's is.
+            && h.len <= self.limits.max_message
             && self.partial.is_none()
             && self.state.can_read()
     }

@@ -154,6 +154,25 @@ async fn protocol_faults_are_errors_of_the_right_kind() {
     }
 }
 
+/// `max_message` applies to every message, the small ones read inline included.
+#[tokio::test]
+async fn a_limit_below_the_inline_size_is_enforced_on_small_messages() {
+    let tight = Limits {
+        max_message: 1,
+        max_frame: 1 << 20,
+    };
+    for (opcode, payload) in [(BINARY, &[0u8, 0][..]), (TEXT, b"ab")] {
+        let (mut peer, ours) = duplex(1024);
+        peer.write_all(&client_frame(true, opcode, payload))
+            .await
+            .unwrap();
+        let mut conn = WsConn::new(ours, Role::Server, tight, &[]);
+        let mut inline = [0; SMALL_INLINE];
+        let got = std::future::poll_fn(|cx| conn.poll_next_incoming(cx, &mut inline)).await;
+        assert!(matches!(got, Some(Err(WsError::Capacity(_)))), "{got:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_close_is_answered_and_ends_the_stream() {
     let (mut peer, ours) = duplex(1024);

@@ -1,8 +1,9 @@
-//! Holding across an upstream restart (SPEC §3.3): the pure parts — backoff schedule,
-//! bounded buffer, hold outcomes — and the `Holding` state of the session task
-//! (`Session::hold`), which keeps the client served while it reconnects upstream.
+//! The `Holding` state (`Session::hold`): across an upstream restart the client stays open
+//! and served while holdfast reconnects upstream with backoff, buffers what the client sends,
+//! and delivers it to the new upstream — confirmed by that upstream's answer to a ping sent
+//! after it, so a message leaves the buffer only once the new upstream has read it. The pure
+//! parts (backoff, buffer, outcomes) are in `held.rs`.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,10 @@ use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::Session;
+pub use super::held::{HoldBuffer, HoldOutcome, backoff_delay, failure_window};
 use super::relay::{Sent, ping_frame, within};
 use crate::close::Direction;
 use crate::config::Config;
@@ -28,111 +30,6 @@ use crate::ws::connect;
 use crate::ws::ends::ClientEnd;
 use crate::ws::ends::close_of;
 use crate::ws::handshake::UpstreamTemplate;
-
-/// Reconnect delay before try `attempt` (0-based): uniform in
-/// `[initial, min(max, initial · 2^(attempt+1))]` — full jitter over a doubling ceiling, so a
-/// crowd of held sessions spreads out instead of arriving at the new instance together.
-/// `unit` is a random number in `[0, 1]`.
-pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_add(1))
-        .unwrap_or(u32::MAX);
-    let ceiling = initial.saturating_mul(factor).min(max).max(initial);
-    initial + (ceiling - initial).mul_f64(unit.clamp(0.0, 1.0))
-}
-
-/// How long an address that failed is tried only after every other member.
-pub fn failure_window(restart: &crate::config::Restart) -> Duration {
-    restart.backoff_max.max(Duration::from_secs(1))
-}
-
-/// How a hold ended; `as_str` is the `outcome` label of `holdfast_holds_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HoldOutcome {
-    Resumed,
-    Timeout,
-    Overflow,
-    ClientClosed,
-    Refused,
-    /// The proxy itself began shutting down while the client was held.
-    Shutdown,
-    /// One of holdfast's own policies (rate limit, token expiry) closed the held session.
-    Policy,
-}
-
-impl crate::metrics::LabelValue for HoldOutcome {
-    fn label(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl HoldOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldOutcome::Resumed => "resumed",
-            HoldOutcome::Timeout => "timeout",
-            HoldOutcome::Overflow => "overflow",
-            HoldOutcome::ClientClosed => "client_closed",
-            HoldOutcome::Refused => "refused",
-            HoldOutcome::Shutdown => "shutdown",
-            HoldOutcome::Policy => "policy",
-        }
-    }
-}
-
-/// Client messages read while holding, each with its sequence number (its index among all
-/// the client's data messages), bounded by `buffer_messages` and `buffer_bytes`.
-#[derive(Debug)]
-pub struct HoldBuffer {
-    messages: VecDeque<(u64, Message)>,
-    bytes: usize,
-    max_messages: usize,
-    max_bytes: usize,
-}
-
-/// The buffer would exceed a bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Overflow;
-
-impl HoldBuffer {
-    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
-        Self {
-            messages: VecDeque::new(),
-            bytes: 0,
-            max_messages,
-            max_bytes,
-        }
-    }
-
-    pub fn push(&mut self, seq: u64, message: Message) -> Result<(), Overflow> {
-        let len = message.len();
-        if self.messages.len() >= self.max_messages || self.bytes + len > self.max_bytes {
-            return Err(Overflow);
-        }
-        self.bytes += len;
-        self.messages.push_back((seq, message));
-        Ok(())
-    }
-
-    pub fn front(&self) -> Option<&(u64, Message)> {
-        self.messages.front()
-    }
-
-    /// Removes the front message once it has been delivered.
-    pub fn pop_delivered(&mut self) {
-        if let Some((_, m)) = self.messages.pop_front() {
-            self.bytes -= m.len();
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-}
 
 /// The result of one reconnect try.
 enum Try {
@@ -319,21 +216,22 @@ where
                 }
                 result = &mut current_try => match result {
                     Try::Connected { mut socket, member } => {
-                        // Bounded like every send: by `stall` per message, by the hold's end
-                        // and by a drain.
+                        // Bounded like every send: by `stall` per message (the pong by `stall`,
+                        // else `connect_timeout`), by the hold's end and by a drain.
+                        let bounds = (stall, stall.unwrap_or(config.upstream.connect_timeout));
                         let delivered = tokio::select! {
                             biased;
                             _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
-                            delivered = self.deliver(&mut socket, &mut buffer, stall, &mut cancelled) => delivered,
+                            delivered = self.deliver(&mut socket, &mut buffer, bounds, &mut cancelled) => delivered,
                         };
                         let why = match delivered {
-                            Sent::Done => {
+                            Delivery::Confirmed => {
                                 self.member = member;
                                 break HoldEnd::Resumed(socket);
                             }
-                            Sent::Shutdown => break HoldEnd::Shutdown,
-                            Sent::Stalled => "it stopped reading".to_owned(),
-                            Sent::Failed(e) => e.to_string(),
+                            Delivery::Shutdown => break HoldEnd::Shutdown,
+                            Delivery::Client(end) => break HoldEnd::Client(end),
+                            Delivery::Failed(why) => why,
                         };
                         tracing::info!(session = %self.id, upstream = %member, error = %why, undelivered = buffer.len(), "new upstream failed during delivery; still holding");
                         self.shared.pool.mark_failed(member.addr);
@@ -409,107 +307,102 @@ where
     }
 
     /// Sends the `replay_first` recorded messages, then the buffer, in order, to a new
-    /// upstream. A buffered message leaves the buffer only once it is written (its send,
-    /// flush included, completed): a connection that fails midway, or stops reading for
-    /// `stall`, leaves that message and every one after it for the next try.
+    /// upstream, then a ping. The upstream's pong says its WebSocket layer has read every
+    /// message before it: only then do the buffered messages leave the buffer. A connection
+    /// that fails, closes or stalls before that leaves them all for the next try (an
+    /// upstream that accepts the handshake and dies at once loses none). What the upstream
+    /// sends meanwhile is relayed to the client. Every wait is bounded by `stall` (or
+    /// `confirm` for the pong) and gives way to a drain.
     async fn deliver<S: Future + Unpin>(
         &mut self,
         socket: &mut UpstreamWs,
         buffer: &mut HoldBuffer,
-        stall: Option<Duration>,
+        (stall, confirm): (Option<Duration>, Duration),
         mut shutdown: S,
-    ) -> Sent {
-        // The replayed messages stay recorded whatever happens: they are queued, and written
-        // with the first buffered message (or the final flush).
-        for message in &self.replay {
+    ) -> Delivery {
+        let replayed = self.replay.len() as u64;
+        let messages = self.replay.iter().chain(
+            buffer
+                .iter()
+                .filter(|(seq, _)| *seq >= replayed)
+                .map(|(_, m)| m),
+        );
+        for message in messages {
             match within(socket.feed_ref(message), stall, &mut shutdown).await {
                 Sent::Done => {}
-                other => return other,
+                Sent::Shutdown => return Delivery::Shutdown,
+                Sent::Stalled => return Delivery::Failed("it stopped reading".into()),
+                Sent::Failed(e) => return Delivery::Failed(e.to_string()),
             }
         }
-        let replayed = self.replay.len() as u64;
-        while let Some((seq, message)) = buffer.front() {
-            // Messages among the first `replay_first` were just replayed: exactly once.
-            if *seq >= replayed {
-                // Written means with the kernel: a ring socket's write only copies.
-                let send = async {
-                    socket.send_ref(message).await?;
-                    crate::socket::written(socket.get_mut())
-                        .await
-                        .map_err(WsError::Io)
+        match within(
+            socket.send(Message::Ping(DELIVERED.into())),
+            stall,
+            &mut shutdown,
+        )
+        .await
+        {
+            Sent::Done => {}
+            Sent::Shutdown => return Delivery::Shutdown,
+            Sent::Stalled => return Delivery::Failed("it stopped reading".into()),
+            Sent::Failed(e) => return Delivery::Failed(e.to_string()),
+        }
+        let answered = async {
+            loop {
+                let message = match socket.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => return Delivery::Failed(e.to_string()),
+                    None => return Delivery::Failed("the connection ended".into()),
                 };
-                match within(send, stall, &mut shutdown).await {
-                    Sent::Done => {}
-                    other => return other,
+                match message {
+                    Message::Pong(payload) if payload.as_ref() == DELIVERED => {
+                        return Delivery::Confirmed;
+                    }
+                    Message::Text(_) | Message::Binary(_) => {
+                        let len = message.len();
+                        match within(self.client.send(message), stall, &mut shutdown).await {
+                            Sent::Done => self.relayed(Direction::ToClient, len),
+                            Sent::Shutdown => return Delivery::Shutdown,
+                            Sent::Stalled => return Delivery::Client(ClientEnd::Stalled),
+                            Sent::Failed(e) => return Delivery::Client(ClientEnd::failed(&e)),
+                        }
+                    }
+                    Message::Close(frame) => {
+                        let close = close_of(frame);
+                        return Delivery::Failed(format!("it closed with {}", close.code));
+                    }
+                    // Its pings are answered by the connection; other pongs are not ours.
+                    _ => {}
                 }
-                self.relayed(Direction::ToUpstream, message.len());
             }
-            buffer.pop_delivered();
-            self.shared.metrics.held_messages.decrement(1.0);
+        };
+        let delivery = tokio::time::timeout(confirm, answered)
+            .await
+            .unwrap_or_else(|_| Delivery::Failed("it did not answer the delivery ping".into()));
+        if let Delivery::Confirmed = delivery {
+            while let Some((seq, message)) = buffer.front() {
+                if *seq >= replayed {
+                    self.relayed(Direction::ToUpstream, message.len());
+                }
+                buffer.pop_delivered();
+                self.shared.metrics.held_messages.decrement(1.0);
+            }
         }
-        within(socket.flush(), stall, &mut shutdown).await
+        delivery
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The payload of the ping that confirms a delivery.
+const DELIVERED: &[u8] = b"holdfast: delivered";
 
-    #[test]
-    fn backoff_grows_with_full_jitter_and_is_capped() {
-        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(5));
-        let table = [
-            (0, 0.0, 1000),
-            (0, 1.0, 2000),
-            (0, 0.5, 1500),
-            (1, 1.0, 4000),
-            (2, 1.0, 5000),
-            (2, 0.0, 1000),
-            (40, 1.0, 5000),
-            (u32::MAX, 1.0, 5000),
-        ];
-        for (attempt, unit, want_ms) in table {
-            assert_eq!(
-                backoff_delay(attempt, initial, max, unit),
-                Duration::from_millis(want_ms),
-                "attempt {attempt}, unit {unit}"
-            );
-        }
-        // Equal bounds: no jitter range, never below initial.
-        let d = Duration::from_millis(250);
-        assert_eq!(backoff_delay(3, d, d, 0.7), d);
-    }
-
-    #[test]
-    fn buffer_bounds_are_enforced_on_count_and_bytes() {
-        let mut b = HoldBuffer::new(2, 10);
-        assert_eq!(b.push(0, Message::text("12345")), Ok(()));
-        assert_eq!(b.push(1, Message::text("123456")), Err(Overflow), "bytes");
-        assert_eq!(b.push(1, Message::text("12345")), Ok(()));
-        assert_eq!(b.push(2, Message::text("")), Err(Overflow), "count");
-        b.pop_delivered();
-        assert_eq!(b.len(), 1);
-        assert_eq!(b.push(2, Message::text("1")), Ok(()));
-        assert_eq!(b.front().map(|(seq, _)| *seq), Some(1));
-        let mut none = HoldBuffer::new(0, 10);
-        assert_eq!(none.push(0, Message::text("x")), Err(Overflow));
-    }
-
-    #[test]
-    fn outcome_labels_are_the_specs() {
-        let labels: Vec<_> = [
-            HoldOutcome::Resumed,
-            HoldOutcome::Timeout,
-            HoldOutcome::Overflow,
-            HoldOutcome::ClientClosed,
-            HoldOutcome::Refused,
-        ]
-        .iter()
-        .map(|o| o.as_str())
-        .collect();
-        assert_eq!(
-            labels,
-            ["resumed", "timeout", "overflow", "client_closed", "refused"]
-        );
-    }
+/// How a delivery to a new upstream ended.
+enum Delivery {
+    /// The new upstream answered the ping sent after every held message: it read them.
+    Confirmed,
+    /// This upstream did not take them (it failed, closed, stalled or did not answer):
+    /// they stay held for the next try.
+    Failed(String),
+    Shutdown,
+    /// The client failed while the upstream's messages were relayed to it.
+    Client(ClientEnd),
 }

@@ -6,6 +6,7 @@
 //! carries decisions out.
 
 pub mod closing;
+pub mod held;
 pub mod hold;
 pub mod plan;
 pub mod relay;
