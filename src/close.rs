@@ -78,6 +78,23 @@ pub struct RewriteRule {
     pub reason: Option<String>,
 }
 
+impl RewriteRule {
+    /// A rule; `reason: None` keeps the original reason.
+    pub fn new(
+        direction: Direction,
+        from: RangeInclusive<u16>,
+        to: u16,
+        reason: Option<&str>,
+    ) -> Self {
+        Self {
+            direction,
+            from,
+            to,
+            reason: reason.map(str::to_owned),
+        }
+    }
+}
+
 /// A close as one side sent it (or as holdfast models what happened: 1005/1006 pseudo-codes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
@@ -137,20 +154,6 @@ pub fn to_wire(close: Close) -> WireClose {
 mod tests {
     use super::*;
 
-    fn rule(
-        direction: Direction,
-        from: RangeInclusive<u16>,
-        to: u16,
-        reason: Option<&str>,
-    ) -> RewriteRule {
-        RewriteRule {
-            direction,
-            from,
-            to,
-            reason: reason.map(str::to_owned),
-        }
-    }
-
     #[test]
     fn sendable_codes() {
         let table = [
@@ -188,15 +191,15 @@ mod tests {
     #[test]
     fn rewrite_first_match_wins_and_respects_direction() {
         let rules = [
-            rule(Direction::ToUpstream, 4000..=4099, 1000, None),
-            rule(
+            RewriteRule::new(Direction::ToUpstream, 4000..=4099, 1000, None),
+            RewriteRule::new(
                 Direction::ToClient,
                 4000..=4099,
                 1008,
                 Some("application policy"),
             ),
-            rule(Direction::ToClient, 4050..=4050, 1000, None),
-            rule(
+            RewriteRule::new(Direction::ToClient, 4050..=4050, 1000, None),
+            RewriteRule::new(
                 Direction::ToClient,
                 1006..=1006,
                 1001,

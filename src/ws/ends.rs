@@ -251,25 +251,15 @@ pub fn on_client_end(end: &ClientEnd, rewrites: &[RewriteRule]) -> ClientEndDeci
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ops::RangeInclusive;
-
-    fn rule(
-        direction: Direction,
-        from: RangeInclusive<u16>,
-        to: u16,
-        reason: Option<&str>,
-    ) -> RewriteRule {
-        RewriteRule {
-            direction,
-            from,
-            to,
-            reason: reason.map(str::to_owned),
-        }
-    }
 
     #[test]
     fn upstream_end_decisions() {
-        let rewrites = [rule(Direction::ToClient, 4000..=4099, 1008, None)];
+        let rewrites = [RewriteRule::new(
+            Direction::ToClient,
+            4000..=4099,
+            1008,
+            None,
+        )];
         let holding = CloseRules {
             hold: true,
             restart_codes: &[1012, 4500, 1008],
@@ -348,7 +338,12 @@ mod tests {
 
     #[test]
     fn client_end_decisions() {
-        let rewrites = [rule(Direction::ToUpstream, 4000..=4999, 1000, Some("bye"))];
+        let rewrites = [RewriteRule::new(
+            Direction::ToUpstream,
+            4000..=4999,
+            1000,
+            Some("bye"),
+        )];
         let table = [
             (
                 ClientEnd::Closed(Close::new(4002, "app")),

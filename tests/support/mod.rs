@@ -650,14 +650,9 @@ impl Reservation {
 
     /// `addr` (port 0: any free port on its address).
     pub fn of(addr: SocketAddr) -> std::io::Result<Reservation> {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseport(true)?;
-        socket.bind(addr)?;
-        Ok(Reservation { socket })
+        Ok(Reservation {
+            socket: bound_with_reuseport(addr)?,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -671,6 +666,10 @@ impl Reservation {
 
 /// A listener on a reserved address (it joins the reservation's `SO_REUSEPORT` group).
 pub fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bound_with_reuseport(addr)?.listen(1024)
+}
+
+fn bound_with_reuseport(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -678,7 +677,7 @@ pub fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    Ok(socket)
 }
 
 /// One port reserved on both 127.0.0.1 and ::1 (two pods behind one name), or `None` where
