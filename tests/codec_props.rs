@@ -69,6 +69,10 @@ fn encoded(opcode: u8, fin: bool, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> 
     out
 }
 
+/// The longest payload a frame may declare whatever the limit: it must fit in memory with
+/// its header.
+const LONGEST: usize = isize::MAX as usize - MAX_HEADER;
+
 proptest! {
     // Header properties are cheap: many cases, still well under a second in a debug build.
     #![proptest_config(ProptestConfig::with_cases(1024))]
@@ -105,6 +109,8 @@ proptest! {
                 matches!(parsed, Err(WsError::Protocol(ProtocolError::ControlFrameTooBig))),
                 "{:?}", parsed
             );
+        } else if len > LONGEST {
+            prop_assert!(matches!(parsed, Err(WsError::Capacity(_))), "{:?}", parsed);
         } else {
             let expected = Header { fin, opcode, mask, len, header_len: bytes.len() };
             prop_assert_eq!(parsed.unwrap(), Some(expected));
@@ -150,6 +156,14 @@ proptest! {
             ))
         ));
         let at_limit = len.saturating_add(slack);
+        if len > LONGEST {
+            // Too big whatever the limit says.
+            prop_assert!(matches!(
+                parse_header(&bytes, receiver(mask), at_limit),
+                Err(WsError::Capacity(_))
+            ));
+            return Ok(());
+        }
         prop_assert!(parse_header(&bytes, receiver(mask), at_limit).unwrap().is_some());
         if len > 0 {
             let below = len - 1 - slack.min(len - 1);

@@ -33,6 +33,8 @@ pub struct BufRing {
     tail: u16,
     /// `owned[bid]`: buffer `bid` is on this side (received into, not yet given back).
     owned: Box<[bool]>,
+    /// How many buffers are offered to the kernel right now.
+    available: u16,
     /// Set when the kernel may still use the memory: it is leaked instead of freed.
     leak: bool,
 }
@@ -74,6 +76,7 @@ impl BufRing {
             pool,
             tail: 0,
             owned: vec![true; BUF_COUNT as usize].into_boxed_slice(),
+            available: 0,
             leak: false,
         })
     }
@@ -86,9 +89,15 @@ impl BufRing {
     /// Buffer `bid` was picked by the kernel for a receive that completed: it is this side's
     /// until `give_back`.
     pub fn take(&mut self, bid: u16) {
-        if let Some(owned) = self.owned.get_mut(bid as usize) {
+        if let Some(owned @ false) = self.owned.get_mut(bid as usize) {
             *owned = true;
+            self.available -= 1;
         }
+    }
+
+    /// How many buffers the kernel can pick from right now.
+    pub fn available(&self) -> u16 {
+        self.available
     }
 
     /// The first `len` bytes of buffer `bid`, from `start`. Panics unless this side owns
@@ -130,6 +139,7 @@ impl BufRing {
             std::ptr::addr_of_mut!((*entry).bid).write(bid);
         }
         self.tail = self.tail.wrapping_add(1);
+        self.available += 1;
         // SAFETY: the tail is entry 0's `resv`, a u16 inside the allocation and aligned for
         // an `AtomicU16` (offset 14 of a page-aligned block). The kernel reads it
         // concurrently, which is what atomics are for; the release store publishes the entry
@@ -169,12 +179,13 @@ mod tests {
         let mut ring = BufRing::new().unwrap();
         // A new pool is all on this side: giving a buffer back offers it.
         ring.give_back(3);
-        assert_eq!(ring.tail, 1);
+        assert_eq!((ring.tail, ring.available()), (1, 1));
         // Offering it again is ignored: the ring never holds a bid twice.
         ring.give_back(3);
-        assert_eq!(ring.tail, 1);
+        assert_eq!((ring.tail, ring.available()), (1, 1));
         // The kernel received into it: readable until given back.
         ring.take(3);
+        assert_eq!(ring.available(), 0);
         assert_eq!(ring.received(3, 0, 4), &[0, 0, 0, 0]);
         ring.give_back(3);
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

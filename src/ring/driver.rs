@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::TcpStream as StdTcpStream;
+use std::os::fd::AsRawFd;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -27,21 +28,33 @@ const OUT_KEEP: usize = 4 * 1024;
 const PASSES: usize = 32;
 /// `IORING_RECVSEND_POLL_FIRST`.
 const RECVSEND_POLL_FIRST: u16 = 1;
+/// Below this many buffers left in the pool, received bytes are copied out of it at once: a
+/// socket whose task does not read (a relay waiting on a slow peer) then keeps at most one
+/// receive's bytes on the heap instead of pinning a pool buffer every other socket needs.
+const POOL_LOW: u16 = 64;
 /// How long dropping the driver waits for cancelled operations to complete.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
-const RECV: u64 = 0;
+pub const RECV: u64 = 0;
 const SEND: u64 = 1;
 /// `user_data` of operations whose completions need no handling (cancellations, the
 /// start-up self-check).
 pub const CANCEL: u64 = u64::MAX;
 
+/// Received bytes not yet read out.
+pub enum Ready {
+    /// In pool buffer `bid`, from `start` to `end`.
+    Pool { bid: u16, start: u32, end: u32 },
+    /// Copied out of the pool (it was running low), from `start` on.
+    Heap { data: Vec<u8>, start: usize },
+}
+
 /// One socket's state, owned by the driver: the kernel may still be using its buffers after
 /// the `RingStream` is gone.
 pub struct Slot {
     pub socket: StdTcpStream,
-    /// A completed receive not yet read out: buffer id, next byte, end.
-    pub ready: Option<(u16, u32, u32)>,
+    /// A completed receive not yet read out.
+    pub ready: Option<Ready>,
     pub eof: bool,
     pub read_error: Option<i32>,
     pub recv_in_flight: bool,
@@ -108,6 +121,9 @@ pub struct Driver {
     pub wake: Vec<Waker>,
     /// The driver is being dropped: completions are recorded, nothing new is started.
     closing: bool,
+    /// Wakes the drive task when a flush stopped with work left (the park hook cannot wait
+    /// for it, and queued submissions make the kernel signal nothing).
+    pub kick: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Driver {
@@ -124,6 +140,7 @@ impl Driver {
             completions: Vec::new(),
             wake: Vec::new(),
             closing: false,
+            kick: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -140,13 +157,15 @@ impl Driver {
     pub fn flush(&mut self) -> bool {
         for _ in 0..PASSES {
             self.queue_sends();
-            let (queued, taskrun) = {
+            let (queued, taskrun, overflow) = {
                 let sq = self.ring.submission();
-                (sq.len(), sq.taskrun())
+                (sq.len(), sq.taskrun(), sq.cq_overflow())
             };
             // The kernel runs only so many deferred completions per call and sets the
-            // TASKRUN flag again if it left some.
-            if queued == 0 && !taskrun {
+            // TASKRUN flag again if it left some; completions that did not fit in the
+            // completion queue wait in its overflow list, which only an enter flushes (and
+            // nothing signals).
+            if queued == 0 && !taskrun && !overflow {
                 return false;
             }
             // GETEVENTS every time: the kernel runs the deferred completions in this call.
@@ -304,7 +323,11 @@ impl Driver {
                 if !slot.dropped {
                     if result > 0 {
                         if let Some(bid) = buffer {
-                            slot.ready = Some((bid, 0, result as u32));
+                            slot.ready = Some(Ready::Pool {
+                                bid,
+                                start: 0,
+                                end: result as u32,
+                            });
                             unused = None;
                         }
                     } else if result == 0 {
@@ -320,6 +343,12 @@ impl Driver {
             if let Some(bid) = unused {
                 self.give_back(bid);
             }
+            if result == -libc::ENOBUFS {
+                // The pool is empty: take back what unread sockets hold.
+                self.spill_all();
+            } else if self.buffers.available() < POOL_LOW {
+                self.spill(key);
+            }
         } else {
             slot.send_in_flight = false;
             if result < 0 {
@@ -328,7 +357,14 @@ impl Driver {
                 slot.out.clear();
             } else {
                 slot.sent += result as usize;
-                if slot.sent < slot.sending.len() && !slot.dropped && !self.closing {
+                if slot.dropped {
+                    // The stream is gone: what it wrote still leaves, as far as the socket
+                    // takes it at once, the way a closed TcpStream's written bytes do.
+                    send_now(&slot.socket, &slot.sending[slot.sent..]);
+                    send_now(&slot.socket, &slot.out);
+                    slot.sending.clear();
+                    slot.out.clear();
+                } else if slot.sent < slot.sending.len() && !self.closing {
                     self.send(key);
                     return;
                 }
@@ -353,10 +389,52 @@ impl Driver {
             && slot.dropped
             && !slot.in_flight()
         {
-            // Out of the ring's table, then closed with the slot.
-            let _ = self.ring.submitter().register_files_update(key, &[-1]);
+            // Shut down first: before Linux 6.13 a file taken out of the ring's table is
+            // closed only once every operation submitted before that has completed (on any
+            // socket), so one idle receive elsewhere would keep this connection open.
+            let _ = slot.socket.shutdown(std::net::Shutdown::Both);
+            if let Err(e) = self.ring.submitter().register_files_update(key, &[-1]) {
+                tracing::warn!(error = %e, "cannot take a closed socket out of the io_uring file table");
+            }
             self.slots[key as usize] = None;
             self.free.push(key);
+        }
+    }
+
+    /// Copies the bytes slot `key` holds in a pool buffer out to the heap, and gives the
+    /// buffer back.
+    fn spill(&mut self, key: u32) {
+        let Some(slot) = self.slots[key as usize].as_mut() else {
+            return;
+        };
+        let Some(Ready::Pool { bid, start, end }) = slot.ready else {
+            return;
+        };
+        let data = self
+            .buffers
+            .received(bid, start as usize, end as usize)
+            .to_vec();
+        slot.ready = Some(Ready::Heap { data, start: 0 });
+        #[cfg(test)]
+        super::tests::SPILLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.give_back(bid);
+    }
+
+    /// `spill` for every socket whose task is not waiting to read (it would read at once).
+    fn spill_all(&mut self) {
+        let holding: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(key, slot)| {
+                let slot = slot.as_ref()?;
+                let pinned =
+                    matches!(slot.ready, Some(Ready::Pool { .. })) && slot.reader.is_none();
+                pinned.then_some(key as u32)
+            })
+            .collect();
+        for key in holding {
+            self.spill(key);
         }
     }
 
@@ -367,6 +445,24 @@ impl Driver {
             .filter(|s| s.in_flight())
             .count()
     }
+}
+
+/// Sends `bytes` on `socket` as far as it takes them without waiting (best effort: for a
+/// stream that is gone).
+pub fn send_now(socket: &StdTcpStream, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // SAFETY: `bytes` is a live buffer of `bytes.len()` bytes that no ring operation uses,
+    // and the descriptor is `socket`'s own, open for the call.
+    unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 fn slot_mut(slots: &mut [Option<Slot>], key: u32) -> &mut Slot {

@@ -100,8 +100,9 @@ pub fn install() -> io::Result<()> {
     // closes or replaces it, and `as_raw_fd` returns it for as long as the `AsyncFd` lives.
     let eventfd = unsafe { AsyncFd::register_with_interest(eventfd, Interest::READABLE) }
         .map_err(io::Error::from)?;
+    let kick = driver.kick.clone();
     DRIVER.with(|d| *d.borrow_mut() = Some(driver));
-    tokio::spawn(drive(eventfd));
+    tokio::spawn(drive(eventfd, kick));
     Ok(())
 }
 
@@ -121,8 +122,14 @@ fn eventfd_signals_deferred_work(ring: &mut IoUring, eventfd: &OwnedFd) -> io::R
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid `pollfd` that lives across the call.
-    let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+    let ready = loop {
+        // SAFETY: one valid `pollfd` that lives across the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+        // A signal that interrupts the wait is not an answer.
+        if ready >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break ready;
+        }
+    };
     // Whatever the answer, the timeout is reaped before `one_ms` goes.
     ring.submit_and_wait(1)?;
     ring.completion().for_each(drop);
@@ -138,15 +145,18 @@ pub fn installed() -> bool {
 }
 
 /// Reacts to the ring's eventfd: the kernel signals it when completions wait for this
-/// thread while it sleeps in the runtime's poller.
-async fn drive(eventfd: AsyncFd<OwnedFd>) {
+/// thread while it sleeps in the runtime's poller. `kick` wakes it when a flush left work.
+async fn drive(eventfd: AsyncFd<OwnedFd>, kick: std::sync::Arc<tokio::sync::Notify>) {
     loop {
-        let Ok(mut ready) = eventfd.readable().await else {
-            return;
-        };
-        // The count is never read: the poller is edge-triggered, so every signal wakes
-        // this task again, and a read would be one more system call per wake-up.
-        ready.clear_ready();
+        tokio::select! {
+            ready = eventfd.readable() => match ready {
+                // The count is never read: the poller is edge-triggered, so every signal
+                // wakes this task again, and a read would be one more system call per wake-up.
+                Ok(mut ready) => ready.clear_ready(),
+                Err(_) => return,
+            },
+            _ = kick.notified() => {}
+        }
         // More may be waiting than one flush runs; come back without a signal.
         while flush() {
             tokio::task::yield_now().await;
@@ -162,6 +172,9 @@ pub fn flush() -> bool {
         let mut d = d.borrow_mut();
         let driver = d.as_mut()?;
         let more = driver.flush();
+        if more {
+            driver.kick.notify_one();
+        }
         Some((more, std::mem::take(&mut driver.wake)))
     }) else {
         return false;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::DRIVER;
-use super::driver::{CANCEL, Driver, OUT_CAP, Slot};
+use super::driver::{CANCEL, Driver, OUT_CAP, RECV, Ready, Slot, send_now};
 
 /// A plain TCP connection on this worker's ring.
 #[derive(Debug)]
@@ -92,12 +92,12 @@ impl RingStream {
         })
     }
 
-    /// Runs `f` on this stream's driver; `None` off its thread (or once the thread is
-    /// tearing down its locals).
+    /// Runs `f` on this stream's driver; `None` off its thread, once the thread is tearing
+    /// down its locals, or (never expected) while the driver is borrowed already.
     fn with<R>(&self, f: impl FnOnce(&mut Driver, u32) -> R) -> Option<R> {
         DRIVER
             .try_with(|d| {
-                let mut d = d.borrow_mut();
+                let mut d = d.try_borrow_mut().ok()?;
                 let driver = d.as_mut().filter(|driver| driver.id == self.driver)?;
                 Some(f(driver, self.key))
             })
@@ -171,17 +171,29 @@ impl AsyncRead for RingStream {
             let s = slots[key as usize]
                 .as_mut()
                 .expect("a live RingStream's slot");
-            if let Some((bid, start, end)) = s.ready.as_mut() {
-                let n = buf.remaining().min((*end - *start) as usize);
-                let from = *start as usize;
-                buf.put_slice(buffers.received(*bid, from, from + n));
-                *start += n as u32;
-                if *start == *end {
-                    let bid = *bid;
-                    s.ready = None;
-                    driver.give_back(bid);
+            match s.ready.as_mut() {
+                Some(Ready::Pool { bid, start, end }) => {
+                    let n = buf.remaining().min((*end - *start) as usize);
+                    let from = *start as usize;
+                    buf.put_slice(buffers.received(*bid, from, from + n));
+                    *start += n as u32;
+                    if *start == *end {
+                        let bid = *bid;
+                        s.ready = None;
+                        driver.give_back(bid);
+                    }
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                Some(Ready::Heap { data, start }) => {
+                    let n = buf.remaining().min(data.len() - *start);
+                    buf.put_slice(&data[*start..*start + n]);
+                    *start += n;
+                    if *start == data.len() {
+                        s.ready = None;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                None => {}
             }
             if let Some(code) = s.read_error.take() {
                 return Poll::Ready(Err(errno(code)));
@@ -249,34 +261,28 @@ impl Drop for RingStream {
             s.writer = None;
             let ready = s.ready.take();
             // Bytes written but not yet handed over go now, as far as the socket takes
-            // them, the way a closed TcpStream's written bytes still leave.
-            if !s.send_in_flight && !s.out.is_empty() {
-                // SAFETY: `out` is a live buffer of `out.len()` bytes owned by the slot, and
-                // the descriptor is the slot's own open socket. No operation of the ring
-                // reads `out` (sends go from `sending`).
-                unsafe {
-                    libc::send(
-                        s.socket.as_raw_fd(),
-                        s.out.as_ptr().cast(),
-                        s.out.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
+            // them, the way a closed TcpStream's written bytes still leave. With a send in
+            // flight they follow it when it completes (`Driver::complete`).
+            if !s.send_in_flight {
+                send_now(&s.socket, &s.out);
                 s.out.clear();
             }
-            let in_flight = s.in_flight();
+            let receiving = s.recv_in_flight;
             driver.starved.retain(|&k| k != key);
-            if let Some((bid, _, _)) = ready {
+            if let Some(Ready::Pool { bid, .. }) = ready {
                 driver.give_back(bid);
             }
-            if in_flight {
-                let cancel =
-                    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(key)).all())
-                        .build()
-                        .user_data(CANCEL);
-                // A cancel that cannot be queued leaves the operations to complete on their
-                // own; the slot goes after the last of them either way.
-                let _ = driver.push(&cancel);
+            if receiving {
+                // Only the receive is cancelled: a send in flight finishes.
+                let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(
+                    ((key as u64) << 1) | RECV,
+                ))
+                .build()
+                .user_data(CANCEL);
+                if driver.push(&cancel).is_err() {
+                    // No cancel: ending the reading side completes the receive with EOF.
+                    let _ = driver.slot(key).socket.shutdown(std::net::Shutdown::Read);
+                }
             }
             driver.release_if_done(key);
         });

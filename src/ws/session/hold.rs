@@ -17,9 +17,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Session;
+use super::closing::complete_close;
 pub use super::held::{HoldBuffer, HoldOutcome, backoff_delay, failure_window};
 use super::relay::{Sent, ping_frame, within};
 use crate::close::Direction;
+use crate::close::{Close, GOING_AWAY};
 use crate::config::Config;
 use crate::http::HandshakeError;
 use crate::policy::ProxyPolicy;
@@ -28,7 +30,7 @@ use crate::upstream::Member;
 use crate::ws::UpstreamWs;
 use crate::ws::connect;
 use crate::ws::ends::ClientEnd;
-use crate::ws::ends::close_of;
+use crate::ws::ends::{close_message, close_of};
 use crate::ws::handshake::UpstreamTemplate;
 
 /// The result of one reconnect try.
@@ -221,18 +223,28 @@ where
                         let bounds = (stall, stall.unwrap_or(config.upstream.connect_timeout));
                         let delivered = tokio::select! {
                             biased;
-                            _ = tokio::time::sleep_until(deadline) => break HoldEnd::GaveUp(HoldOutcome::Timeout),
-                            delivered = self.deliver(&mut socket, &mut buffer, bounds, &mut cancelled) => delivered,
+                            _ = tokio::time::sleep_until(deadline) => None,
+                            delivered = self.deliver(&mut socket, &mut buffer, bounds, &mut cancelled) => Some(delivered),
                         };
-                        let why = match delivered {
-                            Delivery::Confirmed => {
+                        let (end, why) = match delivered {
+                            Some(Delivery::Confirmed) => {
                                 self.member = member;
                                 break HoldEnd::Resumed(socket);
                             }
-                            Delivery::Shutdown => break HoldEnd::Shutdown,
-                            Delivery::Client(end) => break HoldEnd::Client(end),
-                            Delivery::Failed(why) => why,
+                            None => (Some(HoldEnd::GaveUp(HoldOutcome::Timeout)), "max_hold passed during delivery".to_owned()),
+                            Some(Delivery::Shutdown) => (Some(HoldEnd::Shutdown), "proxy shutting down".to_owned()),
+                            Some(Delivery::Client(end)) => (Some(HoldEnd::Client(end)), "the client went away".to_owned()),
+                            Some(Delivery::Failed(why)) => (None, why),
                         };
+                        // The new upstream is let go with a close of its own, completed on the
+                        // side and bounded (one that failed just ends sooner).
+                        let goodbye = close_message(Some(Close::new(GOING_AWAY, "session not resumed here")));
+                        self.shared.tracker.spawn(async move {
+                            complete_close(&mut socket, vec![goodbye]).await;
+                        });
+                        if let Some(end) = end {
+                            break end;
+                        }
                         tracing::info!(session = %self.id, upstream = %member, error = %why, undelivered = buffer.len(), "new upstream failed during delivery; still holding");
                         self.shared.pool.mark_failed(member.addr);
                         attempt += 1;
@@ -320,6 +332,10 @@ where
         (stall, confirm): (Option<Duration>, Duration),
         mut shutdown: S,
     ) -> Delivery {
+        if self.replay.is_empty() && buffer.is_empty() {
+            // Nothing to confirm.
+            return Delivery::Confirmed;
+        }
         let replayed = self.replay.len() as u64;
         let messages = self.replay.iter().chain(
             buffer
@@ -327,68 +343,54 @@ where
                 .filter(|(seq, _)| *seq >= replayed)
                 .map(|(_, m)| m),
         );
-        for message in messages {
-            match within(socket.feed_ref(message), stall, &mut shutdown).await {
-                Sent::Done => {}
-                Sent::Shutdown => return Delivery::Shutdown,
-                Sent::Stalled => return Delivery::Failed("it stopped reading".into()),
-                Sent::Failed(e) => return Delivery::Failed(e.to_string()),
+        let ping = Message::Ping(DELIVERED.into());
+        for message in messages.chain(std::iter::once(&ping)) {
+            let sent = within(socket.feed_ref(message), stall, &mut shutdown).await;
+            if let Some(failed) = Delivery::unless_sent(sent) {
+                return failed;
             }
         }
-        match within(
-            socket.send(Message::Ping(DELIVERED.into())),
-            stall,
-            &mut shutdown,
-        )
-        .await
+        if let Some(failed) =
+            Delivery::unless_sent(within(socket.flush(), stall, &mut shutdown).await)
         {
-            Sent::Done => {}
-            Sent::Shutdown => return Delivery::Shutdown,
-            Sent::Stalled => return Delivery::Failed("it stopped reading".into()),
-            Sent::Failed(e) => return Delivery::Failed(e.to_string()),
+            return failed;
         }
-        let answered = async {
-            loop {
-                let message = match socket.next().await {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => return Delivery::Failed(e.to_string()),
-                    None => return Delivery::Failed("the connection ended".into()),
-                };
-                match message {
-                    Message::Pong(payload) if payload.as_ref() == DELIVERED => {
-                        return Delivery::Confirmed;
+        // Only the upstream's answer is bounded by `confirm`; relaying what it sends
+        // meanwhile is bounded like every send to the client.
+        let answer_by = Instant::now() + confirm;
+        loop {
+            let message = match tokio::time::timeout_at(answer_by, socket.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Delivery::Failed(e.to_string()),
+                Ok(None) => return Delivery::Failed("the connection ended".into()),
+                Err(_) => return Delivery::Failed("it did not answer the delivery ping".into()),
+            };
+            match message {
+                Message::Pong(payload) if payload.as_ref() == DELIVERED => break,
+                Message::Text(_) | Message::Binary(_) => {
+                    let len = message.len();
+                    match within(self.client.send(message), stall, &mut shutdown).await {
+                        Sent::Done => self.relayed(Direction::ToClient, len),
+                        Sent::Shutdown => return Delivery::Shutdown,
+                        Sent::Stalled => return Delivery::Client(ClientEnd::Stalled),
+                        Sent::Failed(e) => return Delivery::Client(ClientEnd::failed(&e)),
                     }
-                    Message::Text(_) | Message::Binary(_) => {
-                        let len = message.len();
-                        match within(self.client.send(message), stall, &mut shutdown).await {
-                            Sent::Done => self.relayed(Direction::ToClient, len),
-                            Sent::Shutdown => return Delivery::Shutdown,
-                            Sent::Stalled => return Delivery::Client(ClientEnd::Stalled),
-                            Sent::Failed(e) => return Delivery::Client(ClientEnd::failed(&e)),
-                        }
-                    }
-                    Message::Close(frame) => {
-                        let close = close_of(frame);
-                        return Delivery::Failed(format!("it closed with {}", close.code));
-                    }
-                    // Its pings are answered by the connection; other pongs are not ours.
-                    _ => {}
                 }
-            }
-        };
-        let delivery = tokio::time::timeout(confirm, answered)
-            .await
-            .unwrap_or_else(|_| Delivery::Failed("it did not answer the delivery ping".into()));
-        if let Delivery::Confirmed = delivery {
-            while let Some((seq, message)) = buffer.front() {
-                if *seq >= replayed {
-                    self.relayed(Direction::ToUpstream, message.len());
+                Message::Close(frame) => {
+                    let close = close_of(frame);
+                    return Delivery::Failed(format!("it closed with {}", close.code));
                 }
-                buffer.pop_delivered();
-                self.shared.metrics.held_messages.decrement(1.0);
+                // Its pings are answered by the connection; other pongs are not ours.
+                _ => {}
             }
         }
-        delivery
+        // Confirmed: every held message was delivered, through the replay or after it.
+        while let Some((_, message)) = buffer.front() {
+            self.relayed(Direction::ToUpstream, message.len());
+            buffer.pop_delivered();
+            self.shared.metrics.held_messages.decrement(1.0);
+        }
+        Delivery::Confirmed
     }
 }
 
@@ -396,6 +398,7 @@ where
 const DELIVERED: &[u8] = b"holdfast: delivered";
 
 /// How a delivery to a new upstream ended.
+#[derive(Debug)]
 enum Delivery {
     /// The new upstream answered the ping sent after every held message: it read them.
     Confirmed,
@@ -405,4 +408,17 @@ enum Delivery {
     Shutdown,
     /// The client failed while the upstream's messages were relayed to it.
     Client(ClientEnd),
+}
+
+impl Delivery {
+    /// How a delivery ends when a send to the new upstream did not complete (`None`: it
+    /// did).
+    fn unless_sent(sent: Sent) -> Option<Delivery> {
+        match sent {
+            Sent::Done => None,
+            Sent::Shutdown => Some(Delivery::Shutdown),
+            Sent::Stalled => Some(Delivery::Failed("it stopped reading".into())),
+            Sent::Failed(e) => Some(Delivery::Failed(e.to_string())),
+        }
+    }
 }
