@@ -214,6 +214,17 @@ where
     if let Poll::Ready(result) = futures_util::poll!(send.as_mut()) {
         return sent(result);
     }
+    // The waiting part is boxed: its timer and select would otherwise be part of every
+    // session's task, idle ones included.
+    Box::pin(wait(send, stall, shutdown)).await
+}
+
+/// `within`'s send that has to wait.
+async fn wait<F, S>(send: std::pin::Pin<&mut F>, stall: Option<Duration>, shutdown: S) -> Sent
+where
+    F: Future<Output = Result<(), WsError>>,
+    S: Future + Unpin,
+{
     let bounded = async {
         match stall {
             Some(limit) => match tokio::time::timeout(limit, send).await {
