@@ -21,6 +21,7 @@
 
 mod buf_ring;
 mod driver;
+mod slot;
 mod stream;
 #[cfg(test)]
 mod tests;
