@@ -18,6 +18,7 @@
 //! * `ring`     — the workers' io_uring driver (the crate's unsafe I/O code)
 //! * `metrics`  — every metric name and its typed helper
 //! * `config`   — figment loading, validation into `Config`, `holdfast check` report
+//! * `resume`   — resumable sessions' tokens and envelopes (pure)
 //! * `tls`      — rustls configs for both hops
 //! * `close`    — the close-code vocabulary
 //!
@@ -49,6 +50,7 @@ pub mod socket;
 
 pub mod config;
 pub mod metrics;
+pub mod resume;
 pub mod tls;
 
 pub mod close;
