@@ -34,6 +34,7 @@ pub struct Config {
     pub policy: Policy,
     pub rewrites: Vec<RewriteRule>,
     pub shutdown: Shutdown,
+    pub resume: Resume,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +160,18 @@ pub enum TokenSource {
     Header(String),
     Query(String),
     Cookie(String),
+}
+
+/// `[resume]`: resumable sessions for clients that speak `holdfast.resume.v1`.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub enabled: bool,
+    pub client_hold: Duration,
+    pub buffer_messages: usize,
+    pub buffer_bytes: usize,
+    /// The HMAC key read from `key_file`; `None`: a random key of this process.
+    pub key: Option<crate::resume::token::Key>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -31,6 +31,7 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     pub rewrite: Vec<RawRewrite>,
     pub shutdown: RawShutdown,
+    pub resume: RawResume,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +239,28 @@ impl Default for RawShutdown {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResume {
+    pub enabled: bool,
+    pub client_hold: String,
+    pub buffer_messages: i64,
+    pub buffer_bytes: RawSize,
+    pub key_file: String,
+}
+
+impl Default for RawResume {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_hold: "30s".into(),
+            buffer_messages: 1024,
+            buffer_bytes: RawSize::Text("1MiB".into()),
+            key_file: String::new(),
+        }
+    }
+}
+
 /// Every key the schema knows, per table path (`[]` marks an array of tables).
 /// Used to report *all* unknown keys with their location, where serde stops at the first.
 pub const SCHEMA: &[(&str, &[&str])] = &[
@@ -252,6 +275,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "policy",
             "rewrite",
             "shutdown",
+            "resume",
         ],
     ),
     (
@@ -306,5 +330,15 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (
         "shutdown",
         &["drain_timeout", "client_code", "client_reason"],
+    ),
+    (
+        "resume",
+        &[
+            "enabled",
+            "client_hold",
+            "buffer_messages",
+            "buffer_bytes",
+            "key_file",
+        ],
     ),
 ];

@@ -221,6 +221,7 @@ pub fn extract(figment: &Figment) -> Result<(RawConfig, Vec<Problem>), ConfigErr
         policy: section(figment, "policy", &mut problems),
         rewrite: section::<Rewrites>(figment, "rewrite", &mut problems).0,
         shutdown: section(figment, "shutdown", &mut problems),
+        resume: section(figment, "resume", &mut problems),
     };
     Ok((raw, problems))
 }

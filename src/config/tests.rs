@@ -277,3 +277,31 @@ fn message_limits_are_bounded_by_what_memory_holds() {
     assert!(p[0].message.contains("at most 1GiB"), "{}", p[0].message);
     assert!(from_toml_str("[websocket]\nmax_message_size = \"1GiB\"").is_ok());
 }
+
+#[test]
+fn resume_defaults_and_its_key_file() {
+    let c = from_toml_str("").expect("defaults");
+    assert!(c.resume.enabled);
+    assert_eq!(c.resume.client_hold, Duration::from_secs(30));
+    assert_eq!(
+        (c.resume.buffer_messages, c.resume.buffer_bytes),
+        (1024, 1 << 20)
+    );
+    assert!(c.resume.key.is_none(), "no key file: a key of this process");
+
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too short\n").unwrap();
+    let p = problems(&format!("[resume]\nkey_file = {:?}", short.display().to_string()));
+    assert_eq!(p[0].key, "resume.key_file");
+    assert!(p[0].message.contains("at least 32"), "{}", p[0].message);
+    let p = problems("[resume]\nkey_file = \"/nonexistent/key\"\nclient_hold = \"0s\"");
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["resume.client_hold", "resume.key_file"]);
+
+    let good = dir.path().join("key");
+    std::fs::write(&good, format!("{}\n", "k".repeat(48))).unwrap();
+    let c = from_toml_str(&format!("[resume]\nkey_file = {:?}", good.display().to_string()))
+        .expect("a 48-byte key");
+    assert!(c.resume.key.is_some());
+}
