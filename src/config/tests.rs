@@ -292,7 +292,10 @@ fn resume_defaults_and_its_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short");
     std::fs::write(&short, "too short\n").unwrap();
-    let p = problems(&format!("[resume]\nkey_file = {:?}", short.display().to_string()));
+    let p = problems(&format!(
+        "[resume]\nkey_file = {:?}",
+        short.display().to_string()
+    ));
     assert_eq!(p[0].key, "resume.key_file");
     assert!(p[0].message.contains("at least 32"), "{}", p[0].message);
     let p = problems("[resume]\nkey_file = \"/nonexistent/key\"\nclient_hold = \"0s\"");
@@ -301,7 +304,10 @@ fn resume_defaults_and_its_key_file() {
 
     let good = dir.path().join("key");
     std::fs::write(&good, format!("{}\n", "k".repeat(48))).unwrap();
-    let c = from_toml_str(&format!("[resume]\nkey_file = {:?}", good.display().to_string()))
-        .expect("a 48-byte key");
+    let c = from_toml_str(&format!(
+        "[resume]\nkey_file = {:?}",
+        good.display().to_string()
+    ))
+    .expect("a 48-byte key");
     assert!(c.resume.key.is_some());
 }

@@ -475,13 +475,15 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         client_hold: c.positive_duration("resume.client_hold", &r.client_hold),
         buffer_messages: c.count("resume.buffer_messages", r.buffer_messages, 1),
         buffer_bytes: c.size("resume.buffer_bytes", &r.buffer_bytes),
-        key: key_file.as_ref().and_then(|path| match read_resume_key(path) {
-            Ok(key) => Some(key),
-            Err(e) => {
-                c.problem("resume.key_file", e);
-                None
-            }
-        }),
+        key: key_file
+            .as_ref()
+            .and_then(|path| match read_resume_key(path) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    c.problem("resume.key_file", e);
+                    None
+                }
+            }),
         key_file,
     };
 
@@ -513,7 +515,10 @@ const MIN_RESUME_KEY: usize = 32;
 /// or `openssl rand -base64` ends in one).
 fn read_resume_key(path: &std::path::Path) -> Result<crate::resume::token::Key, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let key = bytes.strip_suffix(b"\r\n").or_else(|| bytes.strip_suffix(b"\n")).unwrap_or(&bytes);
+    let key = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(&bytes);
     if key.len() < MIN_RESUME_KEY {
         return Err(format!(
             "{} holds {} bytes; a resume key needs at least {MIN_RESUME_KEY} random bytes (e.g. `openssl rand -base64 48`)",

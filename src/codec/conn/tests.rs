@@ -297,3 +297,54 @@ async fn a_server_writes_frames_straight_from_the_message() {
 async fn a_client_masks_on_the_stack_and_writes_directly() {
     direct_sends_arrive_intact(Role::Client).await;
 }
+
+/// An envelope's kind byte goes with the frame's header: the peer sees it as the payload's
+/// first byte, for every size and path (small on the stack, vectored, queued), either role.
+#[tokio::test]
+async fn enveloped_sends_put_the_kind_first() {
+    use tokio::net::{TcpListener, TcpStream};
+    for sender in [Role::Server, Role::Client] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let limits = Limits {
+            max_message: 1 << 24,
+            max_frame: 1 << 24,
+        };
+        let mut ours = WsConn::new(connected.unwrap(), sender, limits, &[]);
+        let receiver = match sender {
+            Role::Server => Role::Client,
+            Role::Client => Role::Server,
+        };
+        let mut peer = WsConn::new(accepted.unwrap().0, receiver, limits, &[]);
+        let sizes = [0usize, 1, 254, 255, 256, 2046, 2047, 2048, 70_000, 3 << 20];
+        let send = async {
+            for (i, &n) in sizes.iter().enumerate() {
+                let payload: Vec<u8> = (0..n).map(|b| (b + i) as u8).collect();
+                let message = Message::binary(payload);
+                let data = Data::of(&message).unwrap();
+                ours.send_enveloped(b'd', data).await.unwrap();
+            }
+        };
+        let receive = async {
+            for (i, &n) in sizes.iter().enumerate() {
+                let Some(Ok(Message::Binary(got))) = peer.next().await else {
+                    panic!("message {i}");
+                };
+                assert_eq!(got.len(), n + 1, "{sender:?} {n}");
+                assert_eq!(got[0], b'd');
+                assert!(
+                    got[1..]
+                        .iter()
+                        .enumerate()
+                        .all(|(b, v)| *v == (b + i) as u8)
+                );
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            tokio::join!(send, receive)
+        })
+        .await
+        .expect("within 30 s");
+    }
+}

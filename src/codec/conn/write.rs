@@ -34,12 +34,19 @@ impl<S> WsConn<S> {
 
     /// Encodes a final frame into the write queue (masked with a fresh key as a client).
     pub(super) fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.queue_parts(opcode, [&[], payload]);
+    }
+
+    /// `queue` for a payload in two parts (an envelope's kind, then the message).
+    pub(super) fn queue_parts(&mut self, opcode: u8, parts: [&[u8]; 2]) {
+        let len = parts[0].len() + parts[1].len();
         let mask = self.mask_key();
         let out = self.out_tail();
-        out.reserve(frame::MAX_HEADER + payload.len());
-        frame::encode_header(out, opcode, payload.len(), mask);
+        out.reserve(frame::MAX_HEADER + len);
+        frame::encode_header(out, opcode, len, mask);
         let start = out.len();
-        out.extend_from_slice(payload);
+        out.extend_from_slice(parts[0]);
+        out.extend_from_slice(parts[1]);
         if let Some(key) = mask {
             frame::apply_mask(&mut out[start..], key);
         }
@@ -146,10 +153,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
 
     /// Sends a data message from a borrowed payload, and flushes.
     pub async fn send_data(&mut self, data: Data<'_>) -> Result<(), WsError> {
+        self.send_data_as(None, data).await
+    }
+
+    /// `send_data` with `kind` as the payload's first byte (a resumable client's envelope,
+    /// `resume::envelope`): the byte goes with the frame's header, the payload is not copied.
+    pub async fn send_enveloped(&mut self, kind: u8, data: Data<'_>) -> Result<(), WsError> {
+        self.send_data_as(Some(kind), data).await
+    }
+
+    async fn send_data_as(&mut self, kind: Option<u8>, data: Data<'_>) -> Result<(), WsError> {
         let mut started = false;
         std::future::poll_fn(|cx| {
             if !started {
-                ready!(self.poll_start_send_data(cx, data))?;
+                ready!(self.poll_start_send_data(cx, kind, data))?;
                 started = true;
             }
             Pin::new(&mut *self).poll_flush(cx)
@@ -158,36 +175,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     }
 
     /// `send_data`'s first step. With nothing queued, the frame is written at once with one
-    /// write: its header from the stack and its payload from `data` (a client's payload
-    /// masked on the stack first). No heap buffer is involved unless the socket takes only
-    /// part of it; the rest is queued. Otherwise it is queued as usual.
+    /// write: its header (and `kind`, if any) from the stack and its payload from `data` (a
+    /// client's payload masked on the stack first). No heap buffer is involved unless the
+    /// socket takes only part of it; the rest is queued. Otherwise it is queued as usual.
     pub(super) fn poll_start_send_data(
         &mut self,
         cx: &mut Context<'_>,
+        kind: Option<u8>,
         data: Data<'_>,
     ) -> Poll<Result<(), WsError>> {
         ready!(Pin::new(&mut *self).poll_ready(cx))?;
         self.can_send()?;
         let (opcode, payload) = (data.opcode(), data.payload);
+        let prefix = kind.as_slice();
+        let len = prefix.len() + payload.len();
         let direct = self.pending_out() == 0
-            && (payload.len() <= DIRECT_SMALL
+            && (len <= DIRECT_SMALL
                 || (self.io.is_write_vectored()
-                    && (self.role == Role::Server || payload.len() <= DIRECT_MASKED)));
+                    && (self.role == Role::Server || (len <= DIRECT_MASKED && prefix.is_empty()))));
         if !direct {
-            self.queue(opcode, payload);
+            self.queue_parts(opcode, [prefix, payload]);
             return Poll::Ready(Ok(()));
         }
         let mask = self.mask_key();
-        let (head, head_len) = frame::header_bytes(opcode, payload.len(), mask);
-        let total = head_len + payload.len();
+        let (mut head, mut head_len) = frame::header_bytes(opcode, len, mask);
+        let total = head_len + len;
         // Zeroed, not uninitialised: reading back what was written needs no unsafe code, and
         // the 270-byte memset was measured at under 1 % of an echo's instructions.
         let mut small = [0u8; frame::MAX_HEADER + DIRECT_SMALL];
         let mut scratch = [MaybeUninit::<u8>::uninit(); DIRECT_MASKED];
-        let (parts, written) = if payload.len() <= DIRECT_SMALL {
+        let (parts, written) = if len <= DIRECT_SMALL {
             small[..head_len].copy_from_slice(&head[..head_len]);
             let body = &mut small[head_len..total];
-            body.copy_from_slice(payload);
+            body[..prefix.len()].copy_from_slice(prefix);
+            body[prefix.len()..].copy_from_slice(payload);
             if let Some(key) = mask {
                 frame::apply_mask(body, key);
             }
@@ -198,8 +219,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             )
         } else {
             let body: &[u8] = match mask {
-                None => payload,
+                None => {
+                    // The envelope's kind travels with the header (a server's header is
+                    // at most 10 of its 14 bytes).
+                    head[head_len..head_len + prefix.len()].copy_from_slice(prefix);
+                    head_len += prefix.len();
+                    payload
+                }
                 Some(key) => {
+                    // A client's envelope kind goes through the queue (see `direct`).
                     let masked = scratch[..payload.len()].write_copy_of_slice(payload);
                     frame::apply_mask(masked, key);
                     masked
