@@ -76,6 +76,8 @@ impl App {
             shutdown: CancellationToken::new(),
             sessions: AtomicUsize::new(0),
             memory_freed: AtomicBool::new(false),
+            resumables: Default::default(),
+            process_key: crate::resume::token::Key::random(),
         });
         Ok(App {
             listener,

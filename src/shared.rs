@@ -3,16 +3,21 @@
 //! It sits low in the module graph (above config, metrics and upstream, below everything
 //! that serves traffic), so each stage can take it without reaching up to `app`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::codec::WsConn;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::resume::token::Key;
+use crate::socket::ClientIo;
 use crate::upstream::Pool;
 
 /// State shared by every connection and session.
@@ -37,4 +42,70 @@ pub struct Shared {
     /// Set when a session relayed a large message; once they stop, the trimmer returns the
     /// freed memory to the system.
     pub memory_freed: AtomicBool,
+    /// Resumable sessions of this process, where a returning client is handed over.
+    pub resumables: Resumables,
+    /// The resume key of this process, for when `resume.key_file` is not set: tokens then
+    /// resume sessions only here. Kept across reloads.
+    pub process_key: Key,
+}
+
+impl Shared {
+    /// The key resume tokens are signed and checked with.
+    pub fn resume_key(&self) -> Key {
+        self.config
+            .load()
+            .resume
+            .key
+            .clone()
+            .unwrap_or_else(|| self.process_key.clone())
+    }
+}
+
+/// A returning resumable client, handed to its session's task: its connection (after the
+/// 101) and how many of the session's messages it has received.
+pub struct Attach {
+    pub client: WsConn<ClientIo>,
+    pub received: u64,
+    pub peer: SocketAddr,
+}
+
+/// The resumable sessions of this process by id, each with the channel its task takes
+/// returning clients from.
+#[derive(Default)]
+pub struct Resumables {
+    sessions: Mutex<HashMap<u64, mpsc::Sender<Attach>>>,
+}
+
+impl Resumables {
+    /// Registers session `id`; its task reads returning clients from the receiver.
+    pub fn register(&self, id: u64) -> mpsc::Receiver<Attach> {
+        let (tx, rx) = mpsc::channel(1);
+        self.sessions
+            .lock()
+            .expect("resumables lock")
+            .insert(id, tx);
+        rx
+    }
+
+    /// Where to hand a returning client of session `id`, if it lives here.
+    pub fn find(&self, id: u64) -> Option<mpsc::Sender<Attach>> {
+        self.sessions
+            .lock()
+            .expect("resumables lock")
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.sessions.lock().expect("resumables lock").remove(&id);
+    }
+
+    /// Resumable sessions of this process.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("resumables lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -1,11 +1,14 @@
 //! `Plain`: a plain TCP connection of a session (the client's without TLS, the upstream's
 //! for `ws://`), on the worker's io_uring when it has one (`ring`), else the tokio socket
-//! itself. `Either` passes reads and writes to whichever it is.
+//! itself. `Either` passes reads and writes to whichever it is. `ClientIo`: a client's
+//! connection once hyper has handed it over after the upgrade.
 
 use std::io;
 
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-#[cfg(target_os = "linux")]
 use tokio_util::either::Either;
 
 #[cfg(target_os = "linux")]
@@ -25,4 +28,34 @@ pub fn plain(tcp: TcpStream) -> io::Result<Plain> {
 #[cfg(not(target_os = "linux"))]
 pub fn plain(tcp: TcpStream) -> io::Result<Plain> {
     Ok(tcp)
+}
+
+/// The client's connection after the upgrade: the TCP (maybe on the worker's ring) or TLS
+/// stream itself when hyper hands it back (every read then skips hyper's upgrade wrappers),
+/// else hyper's `Upgraded`.
+pub type ClientIo =
+    Either<Plain, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
+
+/// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
+/// already read past the request.
+pub fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let tcp = plain(parts.io.into_inner())?;
+            return Ok((Either::Left(tcp), parts.read_buf));
+        }
+        Err(other) => other,
+    };
+    Ok(
+        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+            Ok(parts) => (
+                Either::Right(Either::Left(Box::new(parts.io.into_inner()))),
+                parts.read_buf,
+            ),
+            Err(other) => (
+                Either::Right(Either::Right(TokioIo::new(other))),
+                Bytes::new(),
+            ),
+        },
+    )
 }

@@ -5,57 +5,47 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio_util::either::Either;
 
 use super::connect::{self, Connected};
 use super::ends::close_message;
 use super::handshake::{self, UpstreamTemplate};
 use super::session;
+use super::session::resumable::{Resumable, Settings, Start};
 use crate::config::Config;
 use crate::http::{Body, ConnInfo, HandshakeError};
 use crate::policy::token;
+use crate::resume::{self, token::credentials};
 use crate::shared::Shared;
-use crate::socket::{Plain, plain};
+use crate::socket::client_io;
 use crate::upstream::{self, Member};
 
-/// The client's connection after the upgrade: the TCP (maybe on the worker's ring) or TLS
-/// stream itself when hyper hands it back (every read then skips hyper's upgrade wrappers),
-/// else hyper's `Upgraded`.
-pub type ClientIo =
-    Either<Plain, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
-
-/// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
-/// already read past the request.
-fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let tcp = plain(parts.io.into_inner())?;
-            return Ok((Either::Left(tcp), parts.read_buf));
-        }
-        Err(other) => other,
-    };
-    Ok(
-        match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
-            Ok(parts) => (
-                Either::Right(Either::Left(Box::new(parts.io.into_inner()))),
-                parts.read_buf,
-            ),
-            Err(other) => (
-                Either::Right(Either::Right(TokioIo::new(other))),
-                Bytes::new(),
-            ),
-        },
-    )
+/// A session's id as the upstream sees it (`X-Holdfast-Session`) and logs name it.
+pub fn session_name(id: u64) -> String {
+    format!("{id:016x}")
 }
 
-fn new_session_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// The client's headers as the upstream gets them: holdfast's own subprotocol entries
+/// (`holdfast.*`) removed from the offer, the application's kept in order.
+fn forwarded_headers(headers: &HeaderMap, app: &[String]) -> Option<HeaderMap> {
+    let ours = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(resume::ENTRY_PREFIX));
+    if !ours {
+        return None;
+    }
+    let mut headers = headers.clone();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !app.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&app.join(", "))
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    Some(headers)
 }
 
 /// Opens the upstream WebSocket for a new session, trying each pool member once in order
@@ -90,6 +80,30 @@ async fn open_upstream(
                 .join(", "),
         })
     }))
+}
+
+/// What a resumable session of this handshake is made with.
+fn resume_settings(
+    config: &Config,
+    shared: &Shared,
+    client_headers: &HeaderMap,
+    protocol: &Option<HeaderValue>,
+    moves: u32,
+) -> Settings {
+    let value = |name| client_headers.get(name).map(HeaderValue::as_bytes);
+    Settings {
+        key: shared.resume_key(),
+        credentials: credentials(value(header::AUTHORIZATION), value(header::COOKIE)),
+        moves,
+        protocol: protocol
+            .as_ref()
+            .and_then(|p| p.to_str().ok())
+            .map(str::to_owned),
+        replay_first: config.restart.replay_first as u64,
+        client_hold: config.resume.client_hold,
+        max_messages: config.resume.buffer_messages,
+        max_bytes: config.resume.buffer_bytes,
+    }
 }
 
 /// Handles a WebSocket upgrade: validate, open the upstream first, answer 101, and spawn
@@ -132,9 +146,20 @@ pub async fn accept(
             }
         }
     };
-    let session_id = new_session_id();
-    let template =
-        UpstreamTemplate::new(req.uri(), req.headers(), conn.peer, conn.tls, &session_id);
+    let resume_offer = resume::split_offer(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let resumable = resume_offer.resumable && config.resume.enabled;
+    let id = rand::random::<u64>();
+    let session_id = session_name(id);
+    let template = {
+        let forwarded = forwarded_headers(req.headers(), &resume_offer.upstream);
+        let headers = forwarded.as_ref().unwrap_or(req.headers());
+        UpstreamTemplate::new(req.uri(), headers, conn.peer, conn.tls, &session_id)
+    };
     let opened = tokio::time::timeout(
         config.listen.handshake_timeout,
         open_upstream(&template, &config, &shared),
@@ -145,13 +170,28 @@ pub async fn accept(
         Ok(Err(e)) => return reject(e),
         Err(_) => return reject(HandshakeError::UpstreamTimeout),
     };
-    let response = handshake::switching_protocols(&offer, &upstream.response);
+    let mut response = handshake::switching_protocols(&offer, &upstream.response);
+    let protocol = upstream.protocol().cloned();
+    let resume = resumable.then(|| {
+        // The client's subprotocol is holdfast's; the application's goes in the hello.
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(resume::SUBPROTOCOL),
+        );
+        let settings = resume_settings(&config, &shared, req.headers(), &protocol, 0);
+        let attach = shared.resumables.register(id);
+        (
+            Box::new(Resumable::new(id, settings, (0, 0), attach)),
+            Start::New,
+        )
+    });
     // Only the socket lives on in the session; the upstream's response headers are done.
     let opened = session::Opened {
         template: Arc::new(template),
         member,
-        protocol: upstream.protocol().cloned(),
+        protocol,
         expires_in,
+        resume,
     };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);

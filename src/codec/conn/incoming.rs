@@ -58,6 +58,23 @@ impl<'a> Data<'a> {
         self.payload.len()
     }
 
+    pub fn is_text(&self) -> bool {
+        self.text
+    }
+
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// The same kind of message with the payload from `at` on (an envelope's contents).
+    /// A text payload stays valid UTF-8 when what is cut off is ASCII.
+    pub fn from(self, at: usize) -> Data<'a> {
+        Data {
+            text: self.text,
+            payload: &self.payload[at.min(self.payload.len())..],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.payload.is_empty()
     }

@@ -10,6 +10,7 @@ pub mod held;
 pub mod hold;
 pub mod plan;
 pub mod relay;
+pub mod resumable;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::ws::UpstreamWs;
 use crate::ws::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
 use crate::ws::handshake::UpstreamTemplate;
 use hold::{HoldEnd, HoldOutcome};
+use resumable::{Resumable, Start};
 
 /// How long each side gets to complete its close handshake once holdfast has decided.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -83,6 +85,8 @@ pub struct Opened {
     pub protocol: Option<HeaderValue>,
     /// Time left on the handshake's token (`policy.token_expiry`).
     pub expires_in: Option<Duration>,
+    /// A resumable client (`holdfast.resume.v1`) and how its session starts.
+    pub resume: Option<(Box<Resumable>, Start)>,
 }
 
 pub struct Session<C> {
@@ -118,6 +122,10 @@ pub struct Session<C> {
     reloads_seen: u64,
     /// When the handshake's token expires.
     pub(crate) expires_at: Option<Instant>,
+    /// A resumable client's side of the session (boxed: plain sessions carry a pointer).
+    pub(crate) resume: Option<Box<Resumable>>,
+    /// How a resumable session starts on this connection (its hello's `state`).
+    start: Start,
 }
 
 /// Keepalive bookkeeping for one peer, counted in keepalive ticks so that receiving a
@@ -200,6 +208,11 @@ where
             bucket_limit: rate_limit,
             reloads_seen,
             expires_at: opened.expires_in.map(|d| now + d),
+            start: opened
+                .resume
+                .as_ref()
+                .map_or(Start::New, |(_, start)| *start),
+            resume: opened.resume.map(|(resumable, _)| resumable),
         }
     }
 
@@ -212,6 +225,14 @@ where
     pub async fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> Report {
         let started = Instant::now();
         let _active = ActiveSession::new(self.shared.clone());
+        let _registered = self
+            .resume
+            .as_ref()
+            .map(|r| Registered(self.shared.clone(), r.id));
+        if let Err(e) = self.say_hello().await {
+            let end = Ending::Client(ClientEnd::failed(&e));
+            return Box::pin(self.finish(end, Some(upstream))).await;
+        }
         let report = loop {
             let ending = self.relay(&mut upstream).await;
             if let Ending::Upstream(end) = &ending
@@ -255,6 +276,20 @@ where
             "session ended"
         );
         report
+    }
+
+    /// A resumable client's first frame on a connection: the hello (then, for a returning
+    /// client, what it missed). Nothing for a plain client.
+    async fn say_hello(&mut self) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        use futures_util::SinkExt;
+        let Some(resume) = &self.resume else {
+            return Ok(());
+        };
+        let hello = crate::resume::envelope::control(
+            crate::resume::envelope::HELLO,
+            &resume.hello(self.start),
+        );
+        self.client.send(Message::text(hello)).await
     }
 
     /// The close pipeline's first step: does this upstream end mean "hold"?
@@ -324,6 +359,15 @@ where
         if len >= LARGE_MESSAGE {
             self.shared.memory_freed.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// Keeps a resumable session findable by returning clients for as long as it lives.
+struct Registered(Arc<Shared>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.resumables.remove(self.1);
     }
 }
 

@@ -11,13 +11,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::resumable::Resumable;
 use super::{Ending, Session, far_future};
 use crate::close::{Close, Direction};
 use crate::codec::{Incoming, Inline, SMALL_INLINE};
 use crate::policy::ProxyPolicy;
+use crate::resume::envelope;
 use crate::ws::UpstreamWs;
 use crate::ws::ends::{ClientEnd, Fault, UpstreamEnd, close_of};
 use crate::ws::woken::{Gate, WokenOnly};
+use tokio_util::either::Either;
 
 /// What the relay loop read, and from which side.
 enum Read {
@@ -82,8 +85,13 @@ where
         // Where a small message read by either side lands (it is relayed before the next
         // read): small messages take no heap allocation.
         let mut inline: Inline = [0; SMALL_INLINE];
+        // A resumable client's acknowledgement and token timers (a branch plain sessions skip).
+        let resumable = self.resume.is_some();
 
         loop {
+            // A resumable client that has not acknowledged a full buffer gets nothing more
+            // from the upstream until it does (the upstream is not read meanwhile).
+            let upstream_paused = self.resume.as_ref().is_some_and(|r| r.is_full());
             // Sockets first: when one is ready (nearly every wake) the branches after it are
             // not polled at all. Shutdown still wins within one cooperative budget (a socket
             // that stays ready starts answering pending once the task's budget is spent).
@@ -93,6 +101,9 @@ where
                     let client = client_gate.poll(cx, |cx| self.client.poll_next_incoming(cx, &mut inline));
                     if let Poll::Ready(read) = client {
                         return Poll::Ready(Read::Client(read));
+                    }
+                    if upstream_paused {
+                        return Poll::Pending;
                     }
                     upstream_gate.poll(cx, |cx| upstream.poll_next_incoming(cx, &mut inline)).map(Read::Upstream)
                 }) => match read {
@@ -105,13 +116,23 @@ where
                         };
                         // Pings and pongs: nothing to relay.
                         let Some(data) = incoming.data(&inline) else { continue };
+                        // A resumable client's frame is an envelope: its message, or an
+                        // acknowledgement that is handled here.
+                        let data = match self.resume.as_deref_mut() {
+                            None => data,
+                            Some(resume) => match resume.unwrap_client(data) {
+                                Ok(Some(message)) => message,
+                                Ok(None) => continue,
+                                Err(end) => return Ending::Client(end),
+                            },
+                        };
                         if let Err(fired) = self.admit() {
                             return Ending::Policy(fired);
                         }
                         if idle_after.is_some() {
                             self.last_data = Instant::now();
                         }
-                        let seq = self.record_client_message(|| incoming.to_message(&inline));
+                        let seq = self.record_client_message(|| data.to_message());
                         let len = data.len();
                         match within(upstream.send_data(data), stall, &mut cancelled).await {
                             Sent::Done => {}
@@ -119,12 +140,20 @@ where
                             Sent::Stalled => return Ending::Upstream(UpstreamEnd::Stalled),
                             Sent::Failed(e) => {
                                 // Not written: if the session holds, it is delivered later.
-                                self.unsent = Some((seq, incoming.into_message(&inline)));
+                                self.unsent = Some((seq, data.to_message()));
                                 return Ending::Upstream(UpstreamEnd::failed(&e));
                             }
                             Sent::Shutdown => return Ending::Shutdown,
                         }
                         self.relayed(Direction::ToUpstream, len);
+                        if let Some(ack) = self.resume.as_deref_mut().and_then(Resumable::ack_if_due) {
+                            match within(self.client.send(ack), stall, &mut cancelled).await {
+                                Sent::Done => {}
+                                Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
+                                Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
+                                Sent::Shutdown => return Ending::Shutdown,
+                            }
+                        }
                     }
                     Read::Upstream(read) => {
                         self.upstream_keepalive.heard();
@@ -138,7 +167,18 @@ where
                         if idle_after.is_some() {
                             self.last_data = Instant::now();
                         }
-                        match within(self.client.send_data(data), stall, &mut cancelled).await {
+                        let send = match self.resume.as_deref_mut() {
+                            None => Either::Left(self.client.send_data(data)),
+                            Some(resume) => {
+                                // Kept until the client acknowledges it. The buffer has room:
+                                // the upstream is not read while it is full.
+                                if resume.record_sent(data.to_message()).is_err() {
+                                    return Ending::Client(ClientEnd::Stalled);
+                                }
+                                Either::Right(self.client.send_enveloped(envelope::DATA, data))
+                            }
+                        };
+                        match within(send, stall, &mut cancelled).await {
                             Sent::Done => {}
                             Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
                             Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
@@ -172,6 +212,18 @@ where
                         Sent::Done => {}
                         Sent::Stalled => return Ending::Upstream(UpstreamEnd::Stalled),
                         Sent::Failed(e) => return Ending::Upstream(UpstreamEnd::failed(&e)),
+                        Sent::Shutdown => return Ending::Shutdown,
+                    }
+                }
+                due = std::future::poll_fn(|cx| match self.resume.as_deref_mut() {
+                    Some(resume) => resume.poll_due(cx),
+                    None => Poll::Pending,
+                }), if resumable => {
+                    let Some(frame) = self.resume.as_deref_mut().map(|r| r.frame_for(due)) else { continue };
+                    match within(self.client.send(frame), stall, &mut cancelled).await {
+                        Sent::Done => {}
+                        Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
+                        Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
                         Sent::Shutdown => return Ending::Shutdown,
                     }
                 }
