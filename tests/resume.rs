@@ -3,7 +3,7 @@
 
 mod support;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -82,8 +82,8 @@ pub struct Resumable {
     pub attach: mpsc::Receiver<Attach>,
     /// When the pending acknowledgement is due (armed by the first unacknowledged message).
     ack_at: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the client is sent a fresh token (half its validity).
-    token_at: Pin<Box<tokio::time::Sleep>>,
+    /// When the client is sent a fresh token (half its validity); set at the first poll.
+    token_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A timer of a resumable session that fired.
@@ -140,7 +140,7 @@ impl Resumable {
             max_bytes: settings.max_bytes,
             attach,
             ack_at: None,
-            token_at: Box::pin(tokio::time::sleep(settings.client_hold / 2)),
+            token_at: None,
         }
     }
 
@@ -160,9 +160,12 @@ impl Resumable {
             self.ack_at = None;
             return Poll::Ready(Due::Ack);
         }
-        if self.token_at.as_mut().poll(cx).is_ready() {
-            let next = tokio::time::Instant::now() + self.client_hold / 2;
-            self.token_at.as_mut().reset(next);
+        let half = self.client_hold / 2;
+        let token_at = self
+            .token_at
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(half)));
+        if token_at.as_mut().poll(cx).is_ready() {
+            token_at.as_mut().reset(tokio::time::Instant::now() + half);
             return Poll::Ready(Due::Token);
         }
         Poll::Pending
