@@ -23,6 +23,7 @@
 //! * `close`    — the close-code vocabulary
 //!
 //! `demo` sits on top of everything: an upstream, the proxy and a client in one process;
+//! `client` is a resumable client in Rust (the demo's and the tests');
 //! `trim` (giving freed memory back to the system) is used by `app` alone.
 //!
 //! Unsafe code lives in `ring` (the io_uring driver, each block with its reason) and in
@@ -55,6 +56,7 @@ pub mod tls;
 
 pub mod close;
 
+pub mod client;
 pub mod demo;
 pub mod trim;
 

@@ -25,6 +25,8 @@ pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
 pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
 pub const HELD_MESSAGES: &str = "holdfast_held_messages";
 pub const RECONNECTS_WAITING: &str = "holdfast_reconnects_waiting";
+pub const CLIENT_RESUMES_TOTAL: &str = "holdfast_client_resumes_total";
+pub const CLIENTS_AWAY: &str = "holdfast_clients_away";
 pub const IO_URING_WORKERS: &str = "holdfast_io_uring_workers";
 pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
 pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
@@ -88,6 +90,7 @@ pub struct Metrics {
     pub sessions_active: Gauge,
     pub held_messages: Gauge,
     pub reconnects_waiting: Gauge,
+    pub clients_away: Gauge,
     pub io_uring_workers: Gauge,
     hold_duration: Histogram,
     /// `holdfast_messages_total` and `holdfast_bytes_total` by direction, in `Traffic`'s
@@ -172,6 +175,7 @@ impl Metrics {
             sessions_active: recorder.register_gauge(&key(SESSIONS_ACTIVE, &[]), &metadata()),
             held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
             reconnects_waiting: recorder.register_gauge(&key(RECONNECTS_WAITING, &[]), &metadata()),
+            clients_away: recorder.register_gauge(&key(CLIENTS_AWAY, &[]), &metadata()),
             io_uring_workers: recorder.register_gauge(&key(IO_URING_WORKERS, &[]), &metadata()),
             hold_duration: recorder
                 .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
@@ -205,6 +209,11 @@ impl Metrics {
             &["ok", "refused", "timeout", "error"],
         );
         zero(CONFIG_RELOADS_TOTAL, "result", &["ok", "error"]);
+        zero(
+            CLIENT_RESUMES_TOTAL,
+            "outcome",
+            &["reattached", "moved", "rejected", "expired", "overflow"],
+        );
         metrics
     }
 
@@ -296,6 +305,13 @@ impl Metrics {
         .increment(1);
     }
 
+    /// A resumable client came back (`reattached`, `moved`), was refused (`rejected`), or
+    /// its session ended while it was away (`expired`, `overflow`).
+    pub fn client_resume(&self, outcome: &'static str) {
+        self.counter(CLIENT_RESUMES_TOTAL, vec![("outcome", outcome.into())])
+            .increment(1);
+    }
+
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.counter(CONFIG_RELOADS_TOTAL, vec![("result", result.into())])
@@ -357,6 +373,16 @@ fn describe(recorder: &PrometheusRecorder) {
             "Reconnect tries of held sessions waiting for a turn (restart.max_reconnecting).",
         ),
         (
+            CLIENT_RESUMES_TOTAL,
+            None,
+            "Resumable clients that came back (reattached, moved), were refused (rejected), or whose session ended while they were away (expired, overflow).",
+        ),
+        (
+            CLIENTS_AWAY,
+            None,
+            "Resumable sessions whose client is away right now (kept for resume.client_hold).",
+        ),
+        (
             IO_URING_WORKERS,
             None,
             "Worker threads whose plain TCP sockets use io_uring (the rest use epoll).",
@@ -392,6 +418,7 @@ fn describe(recorder: &PrometheusRecorder) {
             HELD_MESSAGES,
             RECONNECTS_WAITING,
             IO_URING_WORKERS,
+            CLIENTS_AWAY,
         ]
         .contains(name)
         {

@@ -13,7 +13,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::WsConn;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::resume::token::Key;
@@ -62,9 +61,11 @@ impl Shared {
 }
 
 /// A returning resumable client, handed to its session's task: its connection (after the
-/// 101) and how many of the session's messages it has received.
+/// 101, with the bytes hyper read past the request) and how many of the session's messages
+/// it has received.
 pub struct Attach {
-    pub client: WsConn<ClientIo>,
+    pub io: ClientIo,
+    pub already_read: bytes::Bytes,
     pub received: u64,
     pub peer: SocketAddr,
 }

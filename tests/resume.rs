@@ -137,3 +137,78 @@ async fn with_resume_off_the_offer_is_the_applications_alone() {
     send_text(&mut client, "plain").await;
     assert_eq!(next_message(&mut client).await, Message::text("plain"));
 }
+
+/// The client's network drops three times while both sides stream: the client keeps its
+/// session (no close), both directions arrive exactly once and in order, and the upstream
+/// saw one handshake.
+#[tokio::test]
+async fn a_client_whose_connection_is_cut_three_times_loses_nothing() {
+    use holdfast::client::{Received, ResumableClient};
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let mut client = ResumableClient::connect(relay.addr, "/feed", &[])
+        .await
+        .expect("a resumable session");
+    // The upstream pushes 100 messages, one every 20 ms, while the client sends its own.
+    client.send(Message::text("push 100 20")).await.unwrap();
+    let mut pushed = Vec::new();
+    let mut echoes = Vec::new();
+    let mut sent = 0;
+    within("both streams", async {
+        while pushed.len() < 100 || echoes.len() < 100 {
+            if sent < 100 {
+                client
+                    .send(Message::text(format!("c-{sent}")))
+                    .await
+                    .unwrap();
+                sent += 1;
+                if [25, 50, 75].contains(&sent) {
+                    relay.cut();
+                }
+            }
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(20), client.next()).await;
+            match next {
+                Ok(Ok(Received::Message(Message::Text(t)))) if t.starts_with("push-") => {
+                    pushed.push(t.to_string())
+                }
+                Ok(Ok(Received::Message(Message::Text(t)))) => echoes.push(t.to_string()),
+                Ok(Ok(other)) => panic!("the client saw {other:?}"),
+                Ok(Err(e)) => panic!("the client gave up: {e}"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    let expected_push: Vec<String> = (0..100).map(|i| format!("push-{i}")).collect();
+    let expected_echoes: Vec<String> = std::iter::once("push 100 20".to_owned())
+        .chain((0..100).map(|i| format!("c-{i}")))
+        .collect();
+    assert_eq!(
+        pushed, expected_push,
+        "upstream → client, exactly once, in order"
+    );
+    assert_eq!(
+        echoes,
+        expected_echoes[1..],
+        "echoes of what the client sent"
+    );
+    assert_eq!(
+        upstream.texts(),
+        expected_echoes,
+        "client → upstream, exactly once, in order"
+    );
+    assert!(client.reconnects >= 3, "{} reconnects", client.reconnects);
+    assert_eq!(
+        upstream.log.lock().unwrap().handshakes.len(),
+        1,
+        "one upstream handshake"
+    );
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_resumes_total{outcome=\"reattached\"}")
+            .await,
+        client.reconnects as f64
+    );
+}

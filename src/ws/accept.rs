@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::http::{Body, ConnInfo, HandshakeError};
 use crate::policy::token;
 use crate::resume::{self, token::credentials};
-use crate::shared::Shared;
+use crate::shared::{Attach, Shared};
 use crate::socket::client_io;
 use crate::upstream::{self, Member};
 
@@ -80,6 +80,106 @@ async fn open_upstream(
                 .join(", "),
         })
     }))
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a returning client may take its session back: an authentic, unexpired token of
+/// a session it has the credentials of, and how many messages it has received.
+fn check_return(
+    shared: &Shared,
+    headers: &HeaderMap,
+    token: &str,
+    received: Option<u64>,
+) -> Result<(resume::token::Claims, u64), String> {
+    let claims = shared
+        .resume_key()
+        .verify(token, now_ms())
+        .map_err(|e| e.to_string())?;
+    let value = |name| headers.get(name).map(HeaderValue::as_bytes);
+    if credentials(value(header::AUTHORIZATION), value(header::COOKIE)) != claims.credentials {
+        return Err("credentials differ from the session's".into());
+    }
+    let received = received.ok_or("no received count (holdfast.r.<n>) with the token")?;
+    Ok((claims, received))
+}
+
+/// A returning resumable client (its token in the offer). It is answered 101 at once,
+/// without dialling anything: its session here takes the connection; a refusal (a bad
+/// token, a session gone) is a close the client library understands.
+fn returning(
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    offer: &handshake::ClientOffer,
+    token: &str,
+    received: Option<u64>,
+) -> Response<Body> {
+    let verdict = check_return(&shared, req.headers(), token, received);
+    let mut response = handshake::switching_protocols(offer, &Response::new(()));
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(resume::SUBPROTOCOL),
+    );
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = shared.config.load_full();
+    let limits = super::limits(&config.websocket);
+    let peer = conn.peer;
+    // The session found (or why none is), decided now: the upgrade completes later.
+    let target = verdict.map(|(claims, received)| {
+        (
+            shared.resumables.find(claims.session),
+            claims.session,
+            received,
+        )
+    });
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let Ok((io, already_read)) =
+            on_upgrade.await.map_err(std::io::Error::other).and_then(client_io)
+        else {
+            return;
+        };
+        let give_up = || close_message(crate::close::to_wire(config.restart.give_up.clone()));
+        let (io, already_read, close) = match target {
+            Err(why) => {
+                tracing::info!(peer = %peer, reason = %why, "resume refused");
+                task_shared.metrics.client_resume("rejected");
+                (io, already_read, session::attach::resume_refused(&why))
+            }
+            Ok((Some(session), id, received)) => {
+                let attach = Attach {
+                    io,
+                    already_read,
+                    received,
+                    peer,
+                };
+                match session.send(attach).await {
+                    Ok(()) => return,
+                    Err(gone) => {
+                        // The session ended between the lookup and now.
+                        tracing::info!(session = %session_name(id), peer = %peer, "resume refused: the session just ended");
+                        let Attach { io, already_read, .. } = gone.0;
+                        (io, already_read, give_up())
+                    }
+                }
+            }
+            Ok((None, id, _)) => {
+                tracing::info!(session = %session_name(id), peer = %peer, "resume refused: no such session here");
+                task_shared.metrics.client_resume("expired");
+                (io, already_read, give_up())
+            }
+        };
+        let mut client =
+            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read);
+        session::closing::complete_close(&mut client, vec![close]).await;
+    });
+    response
 }
 
 /// What a resumable session of this handshake is made with.
@@ -153,6 +253,16 @@ pub async fn accept(
             .filter_map(|v| v.to_str().ok()),
     );
     let resumable = resume_offer.resumable && config.resume.enabled;
+    if resumable && let Some(token) = &resume_offer.token {
+        return returning(
+            req,
+            conn,
+            shared.clone(),
+            &offer,
+            token,
+            resume_offer.received,
+        );
+    }
     let id = rand::random::<u64>();
     let session_id = session_name(id);
     let template = {

@@ -329,8 +329,22 @@ impl UpstreamBuilder {
                 return;
             }
         }
+        // `push <n> <ms>`: n messages `push-<i>`, one every ms milliseconds, while reading.
+        let mut pushing: Option<(usize, usize, tokio::time::Interval)> = None;
         loop {
             let message = tokio::select! {
+                _ = async { pushing.as_mut().expect("checked").2.tick().await }, if pushing.is_some() => {
+                    let (next, total, _) = pushing.as_mut().expect("checked");
+                    let text = format!("push-{next}");
+                    *next += 1;
+                    if *next == *total {
+                        pushing = None;
+                    }
+                    if ws.send(Message::text(text)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 control = control.recv() => match control {
                     Ok(Control::Close(code, reason)) => {
                         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
@@ -387,6 +401,11 @@ impl UpstreamBuilder {
                             break;
                         }
                     }
+                    None
+                }
+                ["push", n, ms] => {
+                    let every = Duration::from_millis(ms.parse().unwrap());
+                    pushing = Some((0, n.parse().unwrap(), tokio::time::interval(every)));
                     None
                 }
                 ["big", n] => Some(Message::text("x".repeat(n.parse().unwrap()))),
@@ -772,5 +791,55 @@ impl TestCert {
         .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A TCP relay in front of an address that cuts every connection through it on command (a
+/// reset both ways, as a lost network does), and keeps relaying new ones.
+pub struct CuttingRelay {
+    pub addr: SocketAddr,
+    cut: Arc<Mutex<tokio_util::sync::CancellationToken>>,
+    /// Where new connections go (changed by `point_at`: a load balancer's choice).
+    target: Arc<Mutex<SocketAddr>>,
+}
+
+impl CuttingRelay {
+    pub async fn start(target: SocketAddr) -> CuttingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(Mutex::new(tokio_util::sync::CancellationToken::new()));
+        let target = Arc::new(Mutex::new(target));
+        let (cuts, targets) = (cut.clone(), target.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let token = cuts.lock().unwrap().clone();
+                let to = *targets.lock().unwrap();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = token.cancelled() => {
+                            let _ = inbound.set_zero_linger();
+                            let _ = outbound.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        });
+        CuttingRelay { addr, cut, target }
+    }
+
+    /// Resets every connection through the relay now.
+    pub fn cut(&self) {
+        let mut token = self.cut.lock().unwrap();
+        token.cancel();
+        *token = tokio_util::sync::CancellationToken::new();
+    }
+
+    /// New connections go to `target` from now on.
+    pub fn point_at(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 }

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::ClientConn;
 use super::plan::{Plan, plan};
 use super::{CLOSE_TIMEOUT, Ending, Report, Session};
 use crate::close::Direction;
@@ -17,7 +18,7 @@ use crate::ws::ends::wire_code;
 
 impl<C> Session<C>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: ClientConn,
 {
     /// The `Closing` state: send each side what the plan says and let both close handshakes
     /// complete, each bounded by `CLOSE_TIMEOUT`. `upstream` is `None` when the session ends

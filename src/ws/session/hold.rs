@@ -11,11 +11,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderValue;
 use metrics::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::time::{Instant, MissedTickBehavior};
 
 use tokio_tungstenite::tungstenite::Message;
 
+use super::ClientConn;
 use super::Session;
 use super::closing::complete_close;
 pub use super::held::{HoldBuffer, HoldOutcome, backoff_delay, failure_window};
@@ -142,7 +143,7 @@ pub enum HoldEnd {
 
 impl<C> Session<C>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: ClientConn,
 {
     /// The `Holding` state: the client stays open and served (pings answered and sent), its
     /// messages are buffered, and the upstream is retried with backoff until a try connects

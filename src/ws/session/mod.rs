@@ -5,6 +5,7 @@
 //! side is sent). What an end means is decided in `ws::ends` and `plan`; the I/O here only
 //! carries decisions out.
 
+pub mod attach;
 pub mod closing;
 pub mod held;
 pub mod hold;
@@ -29,6 +30,7 @@ use crate::config::RateLimit;
 use crate::metrics::SessionOutcome;
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::shared::Shared;
+use crate::socket::ClientIo;
 use crate::upstream::Member;
 use crate::ws::UpstreamWs;
 use crate::ws::ends::{self, ClientEnd, CloseRules, UpstreamDecision, UpstreamEnd};
@@ -43,6 +45,12 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// once they are gone (`Shared::memory_freed`).
 pub const LARGE_MESSAGE: usize = 16 * 1024;
 
+/// A client connection a session runs on: the connection a client upgraded (`ClientIo`),
+/// or anything built from one (a returning resumable client's connection is made from one).
+pub trait ClientConn: AsyncRead + AsyncWrite + Unpin + Send + 'static + From<ClientIo> {}
+
+impl<C> ClientConn for C where C: AsyncRead + AsyncWrite + Unpin + Send + 'static + From<ClientIo> {}
+
 /// Why the relay loop (or a hold) stopped: the input of the closing `plan`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -54,6 +62,11 @@ pub enum Ending {
     GaveUp,
     /// One of holdfast's own policies closes the session with 1008.
     Policy(ProxyPolicy),
+    /// A resumable client's connection is gone; it may come back (`Session::away`).
+    ClientAway,
+    /// A resumable client did not come back within `resume.client_hold`, or what it missed
+    /// outgrew its buffer.
+    ClientGone,
 }
 
 /// Counters for the session-end log line (and metrics).
@@ -169,7 +182,7 @@ pub(crate) fn far_future() -> Instant {
 
 impl<C> Session<C>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: ClientConn,
 {
     pub fn new(
         client: WsConn<C>,
@@ -234,7 +247,13 @@ where
             return Box::pin(self.finish(end, Some(upstream))).await;
         }
         let report = loop {
-            let ending = self.relay(&mut upstream).await;
+            let mut ending = self.relay(&mut upstream).await;
+            if let Ending::ClientAway = ending {
+                match Box::pin(self.away(&mut upstream)).await {
+                    Ok(()) => continue,
+                    Err(gone) => ending = gone,
+                }
+            }
             if let Ending::Upstream(end) = &ending
                 && self.should_hold(end)
             {

@@ -132,6 +132,11 @@ pub fn plan(ending: &Ending, config: &Config) -> Plan {
             own(Close::new(GOING_AWAY, "proxy shutting down")),
         ),
         Ending::GaveUp => Plan::new(own(config.restart.give_up.clone()), Vec::new()),
+        // The client's connection is gone: only the upstream is told.
+        Ending::ClientAway | Ending::ClientGone => Plan::new(
+            Vec::new(),
+            own(Close::new(GOING_AWAY, "client did not come back")),
+        ),
     }
 }
 
@@ -289,6 +294,12 @@ match = "quota"
                 None,
             ),
             (Ending::GaveUp, c(4000, "try later"), None, None),
+            (
+                Ending::ClientGone,
+                None,
+                c(1001, "client did not come back"),
+                None,
+            ),
             (
                 Ending::Policy(ProxyPolicy::TokenExpired),
                 c(

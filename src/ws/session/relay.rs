@@ -7,11 +7,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::resumable::Resumable;
+use super::ClientConn;
+use super::resumable::{Event, Resumable, Start};
 use super::{Ending, Session, far_future};
 use crate::close::{Close, Direction};
 use crate::codec::{Incoming, Inline, SMALL_INLINE};
@@ -47,7 +48,7 @@ fn got(read: Option<Result<Incoming, WsError>>) -> Got {
 
 impl<C> Session<C>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: ClientConn,
 {
     /// The `Relaying` state: one select over both sockets, keepalive, idle and shutdown.
     pub(crate) async fn relay(&mut self, upstream: &mut UpstreamWs) -> Ending {
@@ -86,7 +87,7 @@ where
         // read): small messages take no heap allocation.
         let mut inline: Inline = [0; SMALL_INLINE];
         // A resumable client's acknowledgement and token timers (a branch plain sessions skip).
-        let resumable = self.resume.is_some();
+        let mut resumable = self.resume.is_some();
 
         loop {
             // A resumable client that has not acknowledged a full buffer gets nothing more
@@ -112,7 +113,7 @@ where
                         let incoming = match got(read) {
                             Got::Message(incoming) => incoming,
                             Got::Closed(close) => return Ending::Client(ClientEnd::Closed(close)),
-                            Got::Failed(fault) => return Ending::Client(fault.into()),
+                            Got::Failed(fault) => return self.client_lost(fault.into()),
                         };
                         // Pings and pongs: nothing to relay.
                         let Some(data) = incoming.data(&inline) else { continue };
@@ -149,8 +150,8 @@ where
                         if let Some(ack) = self.resume.as_deref_mut().and_then(Resumable::ack_if_due) {
                             match within(self.client.send(ack), stall, &mut cancelled).await {
                                 Sent::Done => {}
-                                Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
-                                Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
+                                Sent::Stalled => return self.client_lost(ClientEnd::Stalled),
+                                Sent::Failed(e) => return self.client_lost(ClientEnd::failed(&e)),
                                 Sent::Shutdown => return Ending::Shutdown,
                             }
                         }
@@ -180,8 +181,8 @@ where
                         };
                         match within(send, stall, &mut cancelled).await {
                             Sent::Done => {}
-                            Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
-                            Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
+                            Sent::Stalled => return self.client_lost(ClientEnd::Stalled),
+                            Sent::Failed(e) => return self.client_lost(ClientEnd::failed(&e)),
                             Sent::Shutdown => return Ending::Shutdown,
                         }
                         self.relayed(Direction::ToClient, data.len());
@@ -195,7 +196,7 @@ where
                     let (client_gone, upstream_gone) =
                         (self.client_keepalive.tick(), self.upstream_keepalive.tick());
                     if client_gone {
-                        return Ending::Client(ClientEnd::Vanished);
+                        return self.client_lost(ClientEnd::Vanished);
                     }
                     if upstream_gone {
                         return Ending::Upstream(UpstreamEnd::Vanished);
@@ -204,8 +205,8 @@ where
                     // gives way to a drain.
                     match within(self.client.send(ping_frame()), stall, &mut cancelled).await {
                         Sent::Done => {}
-                        Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
-                        Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
+                        Sent::Stalled => return self.client_lost(ClientEnd::Stalled),
+                        Sent::Failed(e) => return self.client_lost(ClientEnd::failed(&e)),
                         Sent::Shutdown => return Ending::Shutdown,
                     }
                     match within(upstream.send(ping_frame()), stall, &mut cancelled).await {
@@ -215,18 +216,27 @@ where
                         Sent::Shutdown => return Ending::Shutdown,
                     }
                 }
-                due = std::future::poll_fn(|cx| match self.resume.as_deref_mut() {
-                    Some(resume) => resume.poll_due(cx),
+                event = std::future::poll_fn(|cx| match self.resume.as_deref_mut() {
+                    Some(resume) => resume.poll_event(cx),
                     None => Poll::Pending,
-                }), if resumable => {
-                    let Some(frame) = self.resume.as_deref_mut().map(|r| r.frame_for(due)) else { continue };
-                    match within(self.client.send(frame), stall, &mut cancelled).await {
-                        Sent::Done => {}
-                        Sent::Stalled => return Ending::Client(ClientEnd::Stalled),
-                        Sent::Failed(e) => return Ending::Client(ClientEnd::failed(&e)),
-                        Sent::Shutdown => return Ending::Shutdown,
+                }), if resumable => match event {
+                    Event::Due(due) => {
+                        let Some(frame) = self.resume.as_deref_mut().map(|r| r.frame_for(due)) else { continue };
+                        match within(self.client.send(frame), stall, &mut cancelled).await {
+                            Sent::Done => {}
+                            Sent::Stalled => return self.client_lost(ClientEnd::Stalled),
+                            Sent::Failed(e) => return self.client_lost(ClientEnd::failed(&e)),
+                            Sent::Shutdown => return Ending::Shutdown,
+                        }
                     }
-                }
+                    // Last attach wins: the new connection replaces this one.
+                    Event::Attach(Some(attach)) => {
+                        if self.reattach(attach, Start::Attached).await {
+                            client_gate = Gate::new();
+                        }
+                    }
+                    Event::Attach(None) => resumable = false,
+                },
                 _ = &mut expiry, if self.expires_at.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
                 _ = &mut idle, if idle_after.is_some() => {
                     let deadline = self.last_data + idle_after.unwrap_or_default();
@@ -236,6 +246,16 @@ where
                     idle.get_mut().as_mut().reset(deadline);
                 }
             }
+        }
+    }
+
+    /// The client's connection ended without a close frame (or it stopped reading): the end
+    /// of the session, unless the client can come back (a resumable client is away).
+    fn client_lost(&self, end: ClientEnd) -> Ending {
+        if self.resume.is_some() && matches!(end, ClientEnd::Vanished | ClientEnd::Stalled) {
+            Ending::ClientAway
+        } else {
+            Ending::Client(end)
         }
     }
 }

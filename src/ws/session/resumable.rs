@@ -86,6 +86,14 @@ pub struct Resumable {
     token_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// What a resumable session's branch of the relay loop has to do.
+pub enum Event {
+    /// A timer fired.
+    Due(Due),
+    /// A returning client (`None`: no client can come back any more).
+    Attach(Option<Attach>),
+}
+
 /// A timer of a resumable session that fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -149,6 +157,14 @@ impl Resumable {
         if self.ack_at.is_none() {
             self.ack_at = Some(Box::pin(tokio::time::sleep(ACK_AFTER)));
         }
+    }
+
+    /// A returning client, or the next timer that fired.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Poll::Ready(attach) = self.attach.poll_recv(cx) {
+            return Poll::Ready(Event::Attach(attach));
+        }
+        self.poll_due(cx).map(Event::Due)
     }
 
     /// The next timer that fired: the pending acknowledgement, or a fresh token (whose timer

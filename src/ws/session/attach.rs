@@ -1,0 +1,185 @@
+//! A resumable client's comings and goings (docs/RESUME.md): the `Away` state, in which the
+//! session keeps its upstream and what the upstream sends while the client's connection is
+//! gone, and re-attaching a returning client's connection — the hello, then what it missed.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::closing::complete_close;
+use super::relay::{ping_frame, within};
+use super::resumable::Start;
+use super::{ClientConn, Ending, Keepalive, Session};
+use crate::close::{Close, POLICY_VIOLATION};
+use crate::codec::{Data, Role, WsConn};
+use crate::resume::envelope;
+use crate::shared::Attach;
+use crate::ws::UpstreamWs;
+use crate::ws::ends::{UpstreamEnd, close_message, close_of};
+
+/// How long a returning client gets to take its hello and what it missed.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Counts a session in `holdfast_clients_away` while its client is away.
+struct AwayGauge<'a>(&'a metrics::Gauge);
+
+impl<'a> AwayGauge<'a> {
+    fn new(gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for AwayGauge<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The close a client is sent when its resume is refused: 1008 with the policy context.
+pub fn resume_refused(detail: &str) -> Message {
+    let reason = serde_json::json!({"policy": "resume-rejected", "detail": detail}).to_string();
+    close_message(crate::close::to_wire(Close::new(POLICY_VIOLATION, reason)))
+}
+
+impl<C> Session<C>
+where
+    C: ClientConn,
+{
+    /// The `Away` state: the client's connection is gone. The upstream is kept, what it
+    /// sends is kept for the client (within `resume.buffer_*`), and the session waits up to
+    /// `resume.client_hold` for the client to come back. `Ok`: it came back and relaying
+    /// resumes; `Err`: how the session ends.
+    pub(crate) async fn away(&mut self, upstream: &mut UpstreamWs) -> Result<(), Ending> {
+        let config = self.shared.config.load_full();
+        let since = Instant::now();
+        let deadline = since + config.resume.client_hold;
+        let shared = self.shared.clone();
+        let _away = AwayGauge::new(&shared.metrics.clients_away);
+        tracing::info!(session = %self.id, peer = %self.peer, "client away: keeping its session");
+        let ping_every = config.websocket.ping_interval;
+        let stall = ping_every.map(|every| every * 2);
+        let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let resume = self
+                .resume
+                .as_deref_mut()
+                .expect("only a resumable client is away");
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return Err(Ending::Shutdown),
+                _ = tokio::time::sleep_until(deadline) => {
+                    shared.metrics.client_resume("expired");
+                    tracing::info!(session = %self.id, away_ms = since.elapsed().as_millis() as u64, "client did not come back");
+                    return Err(Ending::ClientGone);
+                }
+                attach = resume.attach.recv() => {
+                    let Some(attach) = attach else { return Err(Ending::ClientGone) };
+                    if self.reattach(attach, Start::Attached).await {
+                        tracing::info!(session = %self.id, away_ms = since.elapsed().as_millis() as u64, "client back");
+                        return Ok(());
+                    }
+                }
+                read = upstream.next() => {
+                    self.upstream_keepalive.heard();
+                    match read {
+                        Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                            let len = message.len();
+                            if resume.record_sent(message).is_err() {
+                                shared.metrics.client_resume("overflow");
+                                tracing::info!(session = %self.id, kept = resume.kept(), "client away too long for what the upstream sent: buffer full");
+                                return Err(Ending::ClientGone);
+                            }
+                            self.relayed(crate::close::Direction::ToClient, len);
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            return Err(Ending::Upstream(UpstreamEnd::Closed(close_of(frame))));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(Ending::Upstream(UpstreamEnd::failed(&e))),
+                        None => return Err(Ending::Upstream(UpstreamEnd::Vanished)),
+                    }
+                }
+                _ = ping.tick(), if ping_every.is_some() => {
+                    if self.upstream_keepalive.tick() {
+                        return Err(Ending::Upstream(UpstreamEnd::Vanished));
+                    }
+                    let pinged = within(upstream.send(ping_frame()), stall, &mut cancelled).await;
+                    if let super::relay::Sent::Failed(e) = pinged {
+                        return Err(Ending::Upstream(UpstreamEnd::failed(&e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a returning client's connection: the hello, then every message it missed, in
+    /// order. The connection it replaces (if the client was still attached: last attach
+    /// wins) is closed with 1008 `resume-replaced`. False when the client cannot be caught
+    /// up (it asks for messages no longer kept, or its connection fails): it is refused and
+    /// the session goes on as it was.
+    pub(crate) async fn reattach(&mut self, attach: Attach, start: Start) -> bool {
+        let limits = crate::ws::limits(&self.shared.config.load().websocket);
+        let mut client = WsConn::new(
+            C::from(attach.io),
+            Role::Server,
+            limits,
+            &attach.already_read,
+        );
+        let resume = self
+            .resume
+            .as_deref_mut()
+            .expect("only a resumable client attaches");
+        let missing: Vec<Message> = match resume.resend_from(attach.received) {
+            Ok(missing) => missing.cloned().collect(),
+            Err(untrue) => {
+                tracing::info!(session = %self.id, ?untrue, "returning client refused: what it missed is no longer kept");
+                self.shared.metrics.client_resume("rejected");
+                let refused = resume_refused("what it missed is no longer kept");
+                self.shared.tracker.spawn(async move {
+                    complete_close(&mut client, vec![refused]).await;
+                });
+                return false;
+            }
+        };
+        let hello = envelope::control(envelope::HELLO, &resume.hello(start));
+        let caught_up = tokio::time::timeout(CATCH_UP, async {
+            client.feed(Message::text(hello)).await?;
+            for message in &missing {
+                if let Some(data) = Data::of(message) {
+                    client.send_enveloped(envelope::DATA, data).await?;
+                }
+            }
+            client.flush().await
+        })
+        .await;
+        if !matches!(caught_up, Ok(Ok(()))) {
+            tracing::info!(session = %self.id, "returning client failed while catching up");
+            return false;
+        }
+        let replaced = std::mem::replace(&mut self.client, client);
+        let goodbye = close_message(crate::close::to_wire(Close::new(
+            POLICY_VIOLATION,
+            r#"{"policy":"resume-replaced"}"#,
+        )));
+        let mut replaced = replaced;
+        self.shared.tracker.spawn(async move {
+            complete_close(&mut replaced, vec![goodbye]).await;
+        });
+        self.peer = attach.peer;
+        self.client_keepalive = Keepalive::new();
+        self.shared.metrics.client_resume(match start {
+            Start::Moved => "moved",
+            _ => "reattached",
+        });
+        tracing::info!(session = %self.id, peer = %self.peer, resent = missing.len(), "client re-attached");
+        true
+    }
+}
