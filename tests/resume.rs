@@ -212,3 +212,188 @@ async fn a_client_whose_connection_is_cut_three_times_loses_nothing() {
         client.reconnects as f64
     );
 }
+
+/// A proxy whose resume key the test knows (so it can mint tokens), with `extra` config.
+async fn proxy_with_key(
+    upstream: &TestUpstream,
+    extra: &str,
+) -> (Proxy, holdfast::resume::token::Key, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [7u8; 48];
+    let path = dir.path().join("resume.key");
+    std::fs::write(&path, secret).unwrap();
+    let config = format!(
+        "[resume]\nkey_file = {:?}\n{extra}",
+        path.display().to_string()
+    );
+    let proxy = Proxy::start(&[upstream.url()], &config).await;
+    (proxy, holdfast::resume::token::Key::new(&secret), dir)
+}
+
+/// A returning client's handshake with `token`, `received` and extra header lines: the
+/// first frame it gets (the hello's text, or the close).
+async fn come_back(proxy: &Proxy, token: &str, received: u64, headers: &[(&str, &str)]) -> Message {
+    let mut request = proxy.url("/feed").into_client_request().unwrap();
+    let offer = format!("holdfast.resume.v1, holdfast.t.{token}, holdfast.r.{received}");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", offer.parse().unwrap());
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (mut client, _) = connect_request(proxy.addr, request).await.expect("a 101");
+    next_message(&mut client).await
+}
+
+fn hello_of(message: &Message) -> serde_json::Value {
+    match message {
+        Message::Text(t) if t.starts_with('h') => serde_json::from_str(&t[1..]).unwrap(),
+        other => panic!("expected a hello, got {other:?}"),
+    }
+}
+
+fn refused_because(message: &Message) -> String {
+    let Message::Close(Some(frame)) = message else {
+        panic!("expected a close, got {message:?}");
+    };
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    let context: serde_json::Value = serde_json::from_str(&frame.reason).unwrap();
+    assert_eq!(context["policy"], "resume-rejected");
+    context["detail"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn forged_altered_expired_and_foreign_tokens_are_refused() {
+    use holdfast::resume::token::{Claims, Key, credentials};
+    let upstream = UpstreamBuilder::new().start().await;
+    let (proxy, key, _dir) = proxy_with_key(&upstream, "").await;
+    let (mut owner, _) = open(&proxy, "holdfast.resume.v1").await;
+    let hello = hello_of(&next_message(&mut owner).await);
+    let token = hello["token"].as_str().unwrap().to_owned();
+    let session = u64::from_str_radix(hello["session"].as_str().unwrap(), 16).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let claims = Claims {
+        session,
+        issued_ms: now,
+        expires_ms: now + 60_000,
+        moves: 0,
+        credentials: credentials(None, None),
+        client_received: 0,
+        protocol: None,
+    };
+    let other_key = Key::new(&[9u8; 48]).issue(&claims);
+    let mut altered = token.clone().into_bytes();
+    altered[10] = if altered[10] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let expired = key.issue(&Claims {
+        expires_ms: now - 1,
+        ..claims.clone()
+    });
+    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+        ("another deployment's key", other_key, vec![], "not issued"),
+        ("one character changed", altered, vec![], ""),
+        ("expired", expired, vec![], "expired"),
+        ("garbage", "!!!".into(), vec![], "malformed"),
+        (
+            "the right token, other credentials",
+            token.clone(),
+            vec![("authorization", "Bearer someone-else")],
+            "credentials",
+        ),
+    ];
+    for (what, token, headers, because) in cases {
+        let why = refused_because(&come_back(&proxy, &token, 0, &headers).await);
+        assert!(why.contains(because), "{what}: {why}");
+    }
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_resumes_total{outcome=\"rejected\"}")
+            .await,
+        5.0
+    );
+    // The owner's session is untouched by all of that.
+    owner.send(Message::text("dstill here")).await.unwrap();
+    assert_eq!(next_message(&mut owner).await, Message::text("dstill here"));
+}
+
+#[tokio::test]
+async fn the_last_attach_wins() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let (proxy, _key, _dir) = proxy_with_key(&upstream, "").await;
+    let (mut first, _) = open(&proxy, "holdfast.resume.v1").await;
+    let token = hello_of(&next_message(&mut first).await)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A second client presents the same token while the first is still attached.
+    let hello = hello_of(&come_back(&proxy, &token, 0, &[]).await);
+    assert_eq!(hello["state"], "attached");
+    let (code, reason) = expect_close(&mut first).await;
+    assert_eq!(code, Some(1008));
+    assert!(reason.contains("resume-replaced"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_comes_back_ends_its_session_after_client_hold() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let (proxy, _key, _dir) = proxy_with_key(&upstream, "client_hold = \"300ms\"\n").await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let _client = holdfast::client::ResumableClient::connect(relay.addr, "/", &[])
+        .await
+        .unwrap();
+    relay.cut();
+    within("the away gauge", async {
+        while proxy.metric("holdfast_clients_away").await < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        upstream.first_close().await,
+        Some((1001, "client did not come back".into()))
+    );
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_resumes_total{outcome=\"expired\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(proxy.metric("holdfast_clients_away").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_client_away_while_the_upstream_floods_gets_the_give_up_close() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let (proxy, _key, _dir) =
+        proxy_with_key(&upstream, "buffer_messages = 10\nclient_hold = \"30s\"\n").await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let mut client = holdfast::client::ResumableClient::connect(relay.addr, "/", &[])
+        .await
+        .unwrap();
+    client.send(Message::text("push 50 1")).await.unwrap();
+    upstream
+        .wait_for("the push to start", |log| !log.received.is_empty())
+        .await;
+    relay.cut();
+    // Over the buffer's 10 messages while away: the session ends; the upstream is told.
+    assert_eq!(
+        upstream.first_close().await,
+        Some((1001, "client did not come back".into()))
+    );
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_resumes_total{outcome=\"overflow\"}")
+            .await,
+        1.0
+    );
+    // The client comes back to a session that is gone: the give-up close.
+    let token = client.token.clone().unwrap();
+    let Message::Close(Some(frame)) = come_back(&proxy, &token, 0, &[]).await else {
+        panic!("a close");
+    };
+    assert_eq!(u16::from(frame.code), 1012);
+}
