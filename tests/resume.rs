@@ -293,7 +293,9 @@ async fn forged_altered_expired_and_foreign_tokens_are_refused() {
         expires_ms: now - 1,
         ..claims.clone()
     });
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    // (what, the token, extra headers, what the refusal says)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("another deployment's key", other_key, vec![], "not issued"),
         ("one character changed", altered, vec![], ""),
         ("expired", expired, vec![], "expired"),
