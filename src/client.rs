@@ -218,10 +218,20 @@ impl ResumableClient {
                 self.reconnect().await?;
                 continue;
             };
-            let frame = match ws.next().await {
-                Some(Ok(frame)) => frame,
+            // What was received is acknowledged after 100 ms without another message.
+            let idle = if self.received > self.acked {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(3600)
+            };
+            let frame = match tokio::time::timeout(idle, ws.next()).await {
+                Err(_) => {
+                    self.acknowledge().await;
+                    continue;
+                }
+                Ok(Some(Ok(frame))) => frame,
                 // The connection dropped: come back.
-                Some(Err(_)) | None => {
+                Ok(Some(Err(_)) | None) => {
                     self.reconnect().await?;
                     continue;
                 }

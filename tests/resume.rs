@@ -284,6 +284,7 @@ async fn forged_altered_expired_and_foreign_tokens_are_refused() {
         credentials: credentials(None, None),
         client_received: 0,
         protocol: None,
+        moving: false,
     };
     let other_key = Key::new(&[9u8; 48]).issue(&claims);
     let mut altered = token.clone().into_bytes();
@@ -398,4 +399,77 @@ async fn a_client_away_while_the_upstream_floods_gets_the_give_up_close() {
         panic!("a close");
     };
     assert_eq!(u16::from(frame.code), 1012);
+}
+
+/// Two holdfasts behind a load balancer (the relay), sharing a resume key. The first one
+/// drains mid-stream: its client is told to move, reconnects through the balancer to the
+/// second, which opens the upstream again with the same session id and X-Holdfast-Resume.
+/// No close reaches the client; nothing is lost or duplicated either way; the first
+/// holdfast drains to zero sessions.
+#[tokio::test]
+async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
+    use holdfast::client::{Received, ResumableClient};
+    let upstream = UpstreamBuilder::new().start().await;
+    let (first, _key, dir) = proxy_with_key(&upstream, "").await;
+    let key_file = dir.path().join("resume.key");
+    let second = Proxy::start(
+        &[upstream.url()],
+        &format!(
+            "[resume]\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .await;
+    let balancer = CuttingRelay::start(first.addr).await;
+    let mut client = ResumableClient::connect(balancer.addr, "/feed", &[])
+        .await
+        .expect("a resumable session");
+    let mut first = Some(first);
+    let mut echoes = Vec::new();
+    within("the stream across the move", async {
+        for i in 0..60 {
+            client.send(Message::text(format!("c-{i}"))).await.unwrap();
+            if i == 30 {
+                // The rollout: new connections go to the second; the first drains.
+                balancer.point_at(second.addr);
+                first.as_mut().unwrap().begin_shutdown();
+            }
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(20), client.next()).await;
+            match next {
+                Ok(Ok(Received::Message(Message::Text(t)))) => echoes.push(t.to_string()),
+                Ok(Ok(other)) => panic!("the client saw {other:?}"),
+                Ok(Err(e)) => panic!("the client gave up: {e}"),
+                Err(_) => {}
+            }
+        }
+        while echoes.len() < 60 {
+            match client.next().await {
+                Ok(Received::Message(Message::Text(t))) => echoes.push(t.to_string()),
+                other => panic!("the client saw {other:?}"),
+            }
+        }
+    })
+    .await;
+    let expected: Vec<String> = (0..60).map(|i| format!("c-{i}")).collect();
+    assert_eq!(echoes, expected, "every echo once, in order, no close");
+    assert_eq!(
+        upstream.texts(),
+        expected,
+        "the upstreams got every message once, in order"
+    );
+    let (old, new) = (upstream.handshake(0), upstream.handshake(1));
+    assert_eq!(
+        old.headers()["x-holdfast-session"],
+        new.headers()["x-holdfast-session"]
+    );
+    assert_eq!(new.headers()["x-holdfast-resume"], "1");
+    let first = first.take().unwrap();
+    assert_eq!(first.shutdown().await, 0, "the first holdfast drained");
+    assert_eq!(
+        second
+            .metric("holdfast_client_resumes_total{outcome=\"moved\"}")
+            .await,
+        1.0
+    );
 }

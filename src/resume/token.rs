@@ -32,6 +32,9 @@ pub struct Claims {
     pub client_received: u64,
     /// The application's subprotocol as the upstream chose it.
     pub protocol: Option<String>,
+    /// Given with a move (`m`): the session continues on whichever holdfast the client
+    /// reaches next, from `client_received`. Only such a token opens a session elsewhere.
+    pub moving: bool,
 }
 
 /// Why a token was refused; `as_str` is the `detail` the client is told.
@@ -75,6 +78,7 @@ impl Key {
         out.extend_from_slice(&claims.moves.to_be_bytes());
         out.extend_from_slice(&claims.credentials);
         out.extend_from_slice(&claims.client_received.to_be_bytes());
+        out.push(u8::from(claims.moving));
         let protocol = claims.protocol.as_deref().unwrap_or("").as_bytes();
         let protocol = &protocol[..protocol.len().min(MAX_PROTOCOL)];
         out.push(protocol.len() as u8);
@@ -118,6 +122,11 @@ fn decode(payload: &[u8]) -> Option<Claims> {
     let moves = u32::from_be_bytes(r.take()?);
     let credentials = r.take::<16>()?;
     let client_received = u64::from_be_bytes(r.take()?);
+    let moving = match r.take::<1>()?[0] {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     let len = r.take::<1>()?[0] as usize;
     let protocol = r.bytes(len)?;
     if !r.0.is_empty() {
@@ -135,6 +144,7 @@ fn decode(payload: &[u8]) -> Option<Claims> {
         credentials,
         client_received,
         protocol,
+        moving,
     })
 }
 
@@ -187,6 +197,7 @@ mod tests {
             credentials: credentials(Some(b"Bearer x"), None),
             client_received: 1200,
             protocol: Some("chat.v2".into()),
+            moving: true,
         }
     }
 

@@ -55,6 +55,7 @@ async fn open_upstream(
     template: &UpstreamTemplate,
     config: &Config,
     shared: &Shared,
+    resumes: u32,
 ) -> Result<(Connected, Member), HandshakeError> {
     let window = super::session::hold::failure_window(&config.restart);
     let members = shared
@@ -63,7 +64,16 @@ async fn open_upstream(
         .await;
     let mut last = None;
     for member in members {
-        match connect::connect(template, &member, 0, config, &shared.pool, &shared.metrics).await {
+        match connect::connect(
+            template,
+            &member,
+            resumes,
+            config,
+            &shared.pool,
+            &shared.metrics,
+        )
+        .await
+        {
             Ok(connected) => return Ok((connected, member)),
             Err(refused @ HandshakeError::Refused(_)) => return Err(refused),
             Err(e) => last = Some(e),
@@ -109,18 +119,26 @@ fn check_return(
     Ok((claims, received))
 }
 
-/// A returning resumable client (its token in the offer). It is answered 101 at once,
-/// without dialling anything: its session here takes the connection; a refusal (a bad
-/// token, a session gone) is a close the client library understands.
+/// Where a returning client's session is.
+enum Return {
+    /// Here: its task takes the connection (the channel, the id, what the client received).
+    Here(tokio::sync::mpsc::Sender<Attach>, u64, u64),
+    /// Another holdfast drained and told it to move: it continues here.
+    Move(resume::token::Claims, u64),
+    /// Nowhere any more.
+    Gone(u64),
+}
+
+/// A returning resumable client that stays (or is refused) without a dial: answered 101 at
+/// once; its session here takes the connection, or it is closed with why (a bad token, a
+/// session that is gone) in a way the client library understands.
 fn returning(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
     offer: &handshake::ClientOffer,
-    token: &str,
-    received: Option<u64>,
+    target: Result<Return, String>,
 ) -> Response<Body> {
-    let verdict = check_return(&shared, req.headers(), token, received);
     let mut response = handshake::switching_protocols(offer, &Response::new(()));
     response.headers_mut().insert(
         header::SEC_WEBSOCKET_PROTOCOL,
@@ -130,14 +148,6 @@ fn returning(
     let config = shared.config.load_full();
     let limits = super::limits(&config.websocket);
     let peer = conn.peer;
-    // The session found (or why none is), decided now: the upgrade completes later.
-    let target = verdict.map(|(claims, received)| {
-        (
-            shared.resumables.find(claims.session),
-            claims.session,
-            received,
-        )
-    });
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         let Ok((io, already_read)) =
@@ -152,7 +162,7 @@ fn returning(
                 task_shared.metrics.client_resume("rejected");
                 (io, already_read, session::attach::resume_refused(&why))
             }
-            Ok((Some(session), id, received)) => {
+            Ok(Return::Here(session, id, received)) => {
                 let attach = Attach {
                     io,
                     already_read,
@@ -169,7 +179,7 @@ fn returning(
                     }
                 }
             }
-            Ok((None, id, _)) => {
+            Ok(Return::Gone(id) | Return::Move(resume::token::Claims { session: id, .. }, _)) => {
                 tracing::info!(session = %session_name(id), peer = %peer, "resume refused: no such session here");
                 task_shared.metrics.client_resume("expired");
                 (io, already_read, give_up())
@@ -253,17 +263,26 @@ pub async fn accept(
             .filter_map(|v| v.to_str().ok()),
     );
     let resumable = resume_offer.resumable && config.resume.enabled;
+    // A returning client: back to its session here (no dial), refused, or — with a token
+    // given when another holdfast drained — moved here (a new upstream connection).
+    let mut moved = None;
     if resumable && let Some(token) = &resume_offer.token {
-        return returning(
-            req,
-            conn,
-            shared.clone(),
-            &offer,
-            token,
-            resume_offer.received,
+        let target = check_return(&shared, req.headers(), token, resume_offer.received).map(
+            |(claims, received)| match shared.resumables.find(claims.session) {
+                Some(session) => Return::Here(session, claims.session, received),
+                None if claims.moving => Return::Move(claims, received),
+                None => Return::Gone(claims.session),
+            },
         );
+        match target {
+            Ok(Return::Move(claims, received)) => moved = Some((claims, received)),
+            other => return returning(req, conn, shared.clone(), &offer, other),
+        }
     }
-    let id = rand::random::<u64>();
+    let (id, resumes) = match &moved {
+        Some((claims, _)) => (claims.session, claims.moves.saturating_add(1)),
+        None => (rand::random::<u64>(), 0),
+    };
     let session_id = session_name(id);
     let template = {
         let forwarded = forwarded_headers(req.headers(), &resume_offer.upstream);
@@ -272,7 +291,7 @@ pub async fn accept(
     };
     let opened = tokio::time::timeout(
         config.listen.handshake_timeout,
-        open_upstream(&template, &config, &shared),
+        open_upstream(&template, &config, &shared, resumes),
     )
     .await;
     let (upstream, member) = match opened {
@@ -282,18 +301,39 @@ pub async fn accept(
     };
     let mut response = handshake::switching_protocols(&offer, &upstream.response);
     let protocol = upstream.protocol().cloned();
+    if let Some((claims, _)) = &moved
+        && claims.protocol.as_deref() != protocol.as_ref().and_then(|p| p.to_str().ok())
+    {
+        // The new upstream chose another subprotocol: not the session the client had.
+        return reject(HandshakeError::UpstreamProtocol(format!(
+            "the upstream chose subprotocol {protocol:?}, the moved session uses {:?}",
+            claims.protocol
+        )));
+    }
     let resume = resumable.then(|| {
         // The client's subprotocol is holdfast's; the application's goes in the hello.
         response.headers_mut().insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(resume::SUBPROTOCOL),
         );
-        let settings = resume_settings(&config, &shared, req.headers(), &protocol, 0);
+        let settings = resume_settings(&config, &shared, req.headers(), &protocol, resumes);
         let attach = shared.resumables.register(id);
-        (
-            Box::new(Resumable::new(id, settings, (0, 0), attach)),
-            Start::New,
-        )
+        match &moved {
+            // Continues the session's counts: what the last holdfast received, and what the
+            // client says it has.
+            Some((claims, received)) => {
+                let mut resumable =
+                    Resumable::new(id, settings, (claims.client_received, *received), attach);
+                resumable.expect_replay();
+                shared.metrics.client_resume("moved");
+                tracing::info!(session = %session_name(id), peer = %conn.peer, resumes, "session moved here");
+                (Box::new(resumable), Start::Moved)
+            }
+            None => (
+                Box::new(Resumable::new(id, settings, (0, 0), attach)),
+                Start::New,
+            ),
+        }
     });
     // Only the socket lives on in the session; the upstream's response headers are done.
     let opened = session::Opened {

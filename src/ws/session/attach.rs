@@ -182,4 +182,97 @@ where
         tracing::info!(session = %self.id, peer = %self.peer, resent = missing.len(), "client re-attached");
         true
     }
+
+    /// This holdfast drains and the client is attached: the session moves to whichever
+    /// holdfast the client reaches next. The upstream is closed first (1001) and read to its
+    /// close reply, everything it sent goes to the client, everything the client sent is
+    /// acknowledged, and once the client has acknowledged all it was sent (within
+    /// `shutdown.drain_timeout`) it is told to move (`m`, with a moving token) and the
+    /// session ends `Moved`. If that cannot be done, the session ends as a plain one does
+    /// on shutdown.
+    pub(crate) async fn move_client(&mut self, upstream: &mut UpstreamWs) -> Ending {
+        let config = self.shared.config.load_full();
+        let deadline = Instant::now() + config.shutdown.drain_timeout;
+        let bounded = tokio::time::timeout_at(deadline, async {
+            let going_away = close_message(crate::close::to_wire(Close::new(
+                crate::close::GOING_AWAY,
+                "proxy shutting down",
+            )));
+            // A failed close: the upstream is gone already; what it sent is all there is.
+            if upstream.send(going_away).await.is_ok() {
+                while let Some(Ok(message)) = upstream.next().await {
+                    let Some(data) = Data::of(&message) else {
+                        continue;
+                    };
+                    let resume = self
+                        .resume
+                        .as_deref_mut()
+                        .expect("a resumable client moves");
+                    if resume.record_sent(message.clone()).is_err() {
+                        return Err("what the upstream sent while closing outgrew the buffer");
+                    }
+                    let len = data.len();
+                    if self
+                        .client
+                        .send_enveloped(envelope::DATA, data)
+                        .await
+                        .is_err()
+                    {
+                        return Err("the client went away during the move");
+                    }
+                    self.relayed(crate::close::Direction::ToClient, len);
+                }
+            }
+            let resume = self
+                .resume
+                .as_deref_mut()
+                .expect("a resumable client moves");
+            let ack = Message::text(envelope::ack(resume.take_ack()));
+            if self.client.send(ack).await.is_err() {
+                return Err("the client went away during the move");
+            }
+            // The client's acknowledgement of everything it was sent. Its own messages
+            // from now on are not taken: it sends them again where it moves.
+            while self.resume.as_deref().is_some_and(|r| r.kept() > 0) {
+                let Some(Ok(message)) = self.client.next().await else {
+                    return Err("the client went away during the move");
+                };
+                let Some(data) = Data::of(&message) else {
+                    continue;
+                };
+                let resume = self
+                    .resume
+                    .as_deref_mut()
+                    .expect("a resumable client moves");
+                if let Ok(crate::resume::envelope::Envelope::Ack(count)) =
+                    envelope::parse(data.payload(), data.is_text())
+                    && resume.on_ack(count).is_err()
+                {
+                    return Err("the client acknowledged what it was not sent");
+                }
+            }
+            let resume = self.resume.as_deref().expect("a resumable client moves");
+            let body = serde_json::json!({ "token": resume.moving_token() }).to_string();
+            let moving = Message::text(envelope::control(envelope::MOVE, &body));
+            self.client
+                .send(moving)
+                .await
+                .map_err(|_| "the client went away during the move")
+        })
+        .await;
+        match bounded {
+            Ok(Ok(())) => {
+                tracing::info!(session = %self.id, peer = %self.peer, "client told to move: this holdfast drains");
+                Ending::Moved
+            }
+            Ok(Err(why)) => {
+                tracing::info!(session = %self.id, reason = why, "client not moved");
+                Ending::Shutdown
+            }
+            Err(_) => {
+                tracing::info!(session = %self.id, "client not moved: it did not acknowledge within drain_timeout");
+                Ending::Shutdown
+            }
+        }
+    }
 }

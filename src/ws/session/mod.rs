@@ -67,6 +67,9 @@ pub enum Ending {
     /// A resumable client did not come back within `resume.client_hold`, or what it missed
     /// outgrew its buffer.
     ClientGone,
+    /// This holdfast drains and its resumable client was told to move (`Session::move_client`):
+    /// the upstream's close is done, the client gets 1012.
+    Moved,
 }
 
 /// Counters for the session-end log line (and metrics).
@@ -253,6 +256,12 @@ where
                     Ok(()) => continue,
                     Err(gone) => ending = gone,
                 }
+            }
+            // A drain moves an attached resumable client instead of closing it.
+            if let Ending::Shutdown = ending
+                && self.resume.is_some()
+            {
+                ending = Box::pin(self.move_client(&mut upstream)).await;
             }
             if let Ending::Upstream(end) = &ending
                 && self.should_hold(end)

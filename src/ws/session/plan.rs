@@ -6,7 +6,7 @@
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Ending;
-use crate::close::{self, Close, Direction, GOING_AWAY, POLICY_VIOLATION};
+use crate::close::{self, Close, Direction, GOING_AWAY, POLICY_VIOLATION, SERVICE_RESTART};
 use crate::config::Config;
 use crate::metrics::Original;
 use crate::policy::{self, Source};
@@ -132,6 +132,11 @@ pub fn plan(ending: &Ending, config: &Config) -> Plan {
             own(Close::new(GOING_AWAY, "proxy shutting down")),
         ),
         Ending::GaveUp => Plan::new(own(config.restart.give_up.clone()), Vec::new()),
+        // The upstream's close is done; the client, told to move, gets the drain's close.
+        Ending::Moved => Plan::new(
+            own(Close::new(SERVICE_RESTART, "moving to another holdfast")),
+            Vec::new(),
+        ),
         // The client's connection is gone: only the upstream is told.
         Ending::ClientAway | Ending::ClientGone => Plan::new(
             Vec::new(),

@@ -80,6 +80,8 @@ pub struct Resumable {
     max_bytes: usize,
     /// Where returning clients of this session arrive.
     pub attach: mpsc::Receiver<Attach>,
+    /// A moved session's start: the client's replayed opening messages (`p`) may come.
+    replaying: bool,
     /// When the pending acknowledgement is due (armed by the first unacknowledged message).
     ack_at: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the client is sent a fresh token (half its validity); set at the first poll.
@@ -147,6 +149,7 @@ impl Resumable {
             max_messages: settings.max_messages,
             max_bytes: settings.max_bytes,
             attach,
+            replaying: false,
             ack_at: None,
             token_at: None,
         }
@@ -187,12 +190,27 @@ impl Resumable {
         Poll::Pending
     }
 
+    /// The session was moved here: the client replays its opening messages first.
+    pub fn expect_replay(&mut self) {
+        self.replaying = true;
+    }
+
     pub fn credentials(&self) -> [u8; 16] {
         self.credentials
     }
 
     /// A token for this session, valid for `client_hold` from now.
     pub fn token(&self) -> String {
+        self.token_for(false)
+    }
+
+    /// The token given with a move: it opens the session on another holdfast, continuing
+    /// from what this one received.
+    pub fn moving_token(&self) -> String {
+        self.token_for(true)
+    }
+
+    fn token_for(&self, moving: bool) -> String {
         let issued_ms = now_ms();
         self.key.issue(&Claims {
             session: self.id,
@@ -202,6 +220,7 @@ impl Resumable {
             credentials: self.credentials,
             client_received: self.received,
             protocol: self.protocol.clone(),
+            moving,
         })
     }
 
@@ -224,16 +243,22 @@ impl Resumable {
     pub fn unwrap_client<'a>(&mut self, data: Data<'a>) -> Result<Option<Data<'a>>, ClientEnd> {
         match envelope::parse(data.payload(), data.is_text()) {
             Ok(Envelope::Data(_)) => {
+                self.replaying = false;
                 self.on_client_message();
                 Ok(Some(data.from(1)))
             }
-            Ok(Envelope::Ack(count)) => match self.on_ack(count) {
-                Ok(()) => Ok(None),
-                Err(untrue) => {
-                    tracing::info!(session = %format!("{:016x}", self.id), ?untrue, "client acknowledged what it cannot have received");
-                    Err(ClientEnd::ProtocolError)
+            // A replayed opening message goes to the new upstream, uncounted.
+            Ok(Envelope::Replay(_)) if self.replaying => Ok(Some(data.from(1))),
+            Ok(Envelope::Ack(count)) => {
+                self.replaying = false;
+                match self.on_ack(count) {
+                    Ok(()) => Ok(None),
+                    Err(untrue) => {
+                        tracing::info!(session = %format!("{:016x}", self.id), ?untrue, "client acknowledged what it cannot have received");
+                        Err(ClientEnd::ProtocolError)
+                    }
                 }
-            },
+            }
             Ok(Envelope::Replay(_)) => {
                 tracing::info!(session = %format!("{:016x}", self.id), "client replayed an opening message outside a move");
                 Err(ClientEnd::ProtocolError)
