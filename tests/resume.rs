@@ -473,3 +473,81 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
         1.0
     );
 }
+
+/// Part 1's hold composes with a resumable client: the upstream restarts (1012) while the
+/// client streams; its envelopes are opened in the hold too, and every message reaches the
+/// next upstream once, in order.
+#[tokio::test]
+async fn a_resumable_client_is_held_across_an_upstream_restart() {
+    use holdfast::client::{Received, ResumableClient};
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(
+        &[upstream.url()],
+        "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n",
+    )
+    .await;
+    let mut client = ResumableClient::connect(proxy.addr, "/", &[])
+        .await
+        .unwrap();
+    for i in 0..20 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    upstream
+        .wait_for("the first 20", |log| log.received.len() >= 20)
+        .await;
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    upstream
+        .wait_for("the proxy's close reply", |log| !log.closes.is_empty())
+        .await;
+    for i in 20..40 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    upstream.start_again(None).await;
+    client.send(Message::text("whoami")).await.unwrap();
+    let mut echoes = Vec::new();
+    within("the echoes and the new instance", async {
+        loop {
+            match client.next().await {
+                Ok(Received::Message(Message::Text(t))) if t == "app 1" => break,
+                Ok(Received::Message(Message::Text(t))) => echoes.push(t.to_string()),
+                other => panic!("the client saw {other:?}"),
+            }
+        }
+    })
+    .await;
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(echoes, expected);
+    let received: Vec<String> = upstream
+        .texts()
+        .into_iter()
+        .filter(|t| t.starts_with('m'))
+        .collect();
+    assert_eq!(received, expected, "plain messages, each once, in order");
+}
+
+/// What holdfast itself says to a resumable client at the end travels as an envelope too:
+/// a policy close's context message arrives as the application's last message.
+#[tokio::test]
+async fn a_policy_close_reaches_a_resumable_client_with_its_context_message() {
+    use holdfast::client::{Received, ResumableClient};
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "[policy]\ncontext = \"both\"\n").await;
+    let mut client = ResumableClient::connect(proxy.addr, "/", &[])
+        .await
+        .unwrap();
+    client
+        .send(Message::text("close 1008 quota exceeded"))
+        .await
+        .unwrap();
+    let Ok(Received::Message(Message::Text(context))) = client.next().await else {
+        panic!("the context message first");
+    };
+    assert!(context.contains(r#""type":"close_context""#), "{context}");
+    let Ok(Received::Closed(code, reason)) = client.next().await else {
+        panic!("then the close");
+    };
+    assert_eq!(code, Some(1008));
+    assert!(reason.contains("unspecified"), "{reason}");
+}

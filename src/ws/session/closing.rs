@@ -35,6 +35,13 @@ where
             upstream_close,
             policy,
         } = plan(&ending, &config);
+        // A resumable client's messages are envelopes (its close is not).
+        let enveloped = self.resume.is_some();
+        let to_client: Vec<Message> = if enveloped {
+            to_client.into_iter().map(as_data_envelope).collect()
+        } else {
+            to_client
+        };
         let metrics = &self.shared.metrics;
         if let Some((id, source)) = &policy {
             metrics.policy_violation(id, *source);
@@ -51,11 +58,11 @@ where
         match (upstream, faulty) {
             (Some(mut upstream), Some(Direction::ToClient)) => {
                 let (first, faulty) = ((&mut upstream, to_upstream), (&mut self.client, to_client));
-                close_faulty_last(first, faulty, Direction::ToClient, metrics).await;
+                close_faulty_last(first, faulty, (Direction::ToClient, enveloped), metrics).await;
             }
             (Some(mut upstream), Some(Direction::ToUpstream)) => {
                 let (first, faulty) = ((&mut self.client, to_client), (&mut upstream, to_upstream));
-                close_faulty_last(first, faulty, Direction::ToUpstream, metrics).await;
+                close_faulty_last(first, faulty, (Direction::ToUpstream, false), metrics).await;
             }
             (Some(mut upstream), None) => {
                 tokio::join!(
@@ -82,7 +89,7 @@ where
 async fn close_faulty_last<A, B>(
     (first, first_messages): (&mut WsConn<A>, Vec<Message>),
     (faulty, faulty_messages): (&mut WsConn<B>, Vec<Message>),
-    direction: Direction,
+    (direction, enveloped): (Direction, bool),
     metrics: &crate::metrics::Metrics,
 ) where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -94,6 +101,11 @@ async fn close_faulty_last<A, B>(
         }
         while let Some(Ok(message)) = first.next().await {
             if let Some(len) = Data::of(&message).map(|d| d.len()) {
+                let message = if enveloped {
+                    as_data_envelope(message)
+                } else {
+                    message
+                };
                 if faulty.send(message).await.is_err() {
                     return;
                 }
@@ -140,4 +152,18 @@ where
     })
     .await;
     shut_down(socket).await;
+}
+
+/// A data message as a resumable client's `d` envelope (other messages as they are).
+fn as_data_envelope(message: Message) -> Message {
+    match message {
+        Message::Text(t) => Message::text(format!("d{}", t.as_str())),
+        Message::Binary(b) => {
+            let mut out = Vec::with_capacity(b.len() + 1);
+            out.push(crate::resume::envelope::DATA);
+            out.extend_from_slice(&b);
+            Message::binary(out)
+        }
+        other => other,
+    }
 }

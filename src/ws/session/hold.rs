@@ -23,6 +23,7 @@ pub use super::held::{HoldBuffer, HoldOutcome, backoff_delay, failure_window};
 use super::relay::{Sent, ping_frame, within};
 use crate::close::Direction;
 use crate::close::{Close, GOING_AWAY};
+use crate::codec::Data;
 use crate::config::Config;
 use crate::http::HandshakeError;
 use crate::policy::ProxyPolicy;
@@ -203,6 +204,19 @@ where
                     match incoming {
                         Some(Ok(Message::Close(frame))) => break HoldEnd::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                            // A resumable client's frame is an envelope: its message, or an
+                            // acknowledgement taken here.
+                            let message = match self.resume.as_deref_mut() {
+                                None => message,
+                                Some(resume) => {
+                                    let data = Data::of(&message).expect("text or binary");
+                                    match resume.unwrap_client(data) {
+                                        Ok(Some(data)) => data.to_message(),
+                                        Ok(None) => continue,
+                                        Err(end) => break HoldEnd::Client(end),
+                                    }
+                                }
+                            };
                             if let Err(fired) = self.admit() {
                                 break HoldEnd::Policy(fired);
                             }
@@ -211,6 +225,16 @@ where
                                 break HoldEnd::GaveUp(HoldOutcome::Overflow);
                             }
                             self.shared.metrics.held_messages.increment(1.0);
+                            // A resumable client is acknowledged as it would be while relaying:
+                            // the held message is holdfast's to deliver now.
+                            if let Some(ack) = self.resume.as_deref_mut().and_then(|r| r.ack_if_due()) {
+                                match within(self.client().send(ack), stall, &mut cancelled).await {
+                                    Sent::Done => {}
+                                    Sent::Shutdown => break HoldEnd::Shutdown,
+                                    Sent::Stalled => break HoldEnd::Client(ClientEnd::Stalled),
+                                    Sent::Failed(e) => break HoldEnd::Client(ClientEnd::failed(&e)),
+                                }
+                            }
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break HoldEnd::Client(ClientEnd::failed(&e)),
@@ -370,7 +394,7 @@ where
                 Message::Pong(payload) if payload.as_ref() == DELIVERED => break,
                 Message::Text(_) | Message::Binary(_) => {
                     let len = message.len();
-                    match within(self.client.send(message), stall, &mut shutdown).await {
+                    match within(self.send_to_client(message), stall, &mut shutdown).await {
                         Sent::Done => self.relayed(Direction::ToClient, len),
                         Sent::Shutdown => return Delivery::Shutdown,
                         Sent::Stalled => return Delivery::Client(ClientEnd::Stalled),

@@ -320,6 +320,31 @@ where
         self.client.send(Message::text(hello)).await
     }
 
+    /// Sends an upstream data message to the client: as it is, or to a resumable client
+    /// enveloped and kept until it acknowledges it (a full buffer is a stalled client).
+    pub(crate) async fn send_to_client(
+        &mut self,
+        message: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        use futures_util::SinkExt;
+        let Some(resume) = self.resume.as_deref_mut() else {
+            return self.client.send(message).await;
+        };
+        if resume.record_sent(message.clone()).is_err() {
+            return Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(
+                Box::new(message),
+            ));
+        }
+        match crate::codec::Data::of(&message) {
+            Some(data) => {
+                self.client
+                    .send_enveloped(crate::resume::envelope::DATA, data)
+                    .await
+            }
+            None => self.client.send(message).await,
+        }
+    }
+
     /// The close pipeline's first step: does this upstream end mean "hold"?
     fn should_hold(&self, end: &UpstreamEnd) -> bool {
         let config = self.shared.config.load();
