@@ -551,3 +551,75 @@ async fn a_policy_close_reaches_a_resumable_client_with_its_context_message() {
     assert_eq!(code, Some(1008));
     assert!(reason.contains("unspecified"), "{reason}");
 }
+
+/// Held and away at once: the upstream restarts, and while the session is held the client's
+/// connection drops too. The client comes back during the hold, the upstream comes back, and
+/// every message both ways arrives once, in order.
+#[tokio::test]
+async fn a_client_that_drops_while_its_session_is_held_resumes_both_ways() {
+    use holdfast::client::{Received, ResumableClient};
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(
+        &[upstream.url()],
+        "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n",
+    )
+    .await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let mut client = ResumableClient::connect(relay.addr, "/", &[])
+        .await
+        .unwrap();
+    let mut echoes = Vec::new();
+    for i in 0..10 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    upstream
+        .wait_for("the first 10", |log| log.received.len() >= 10)
+        .await;
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    upstream
+        .wait_for("the proxy's close reply", |log| !log.closes.is_empty())
+        .await;
+    for i in 10..15 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    relay.cut();
+    for i in 15..20 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    // The client notices the cut and comes back while the session is still held.
+    within("the client back during the hold", async {
+        while client.reconnects == 0 {
+            if let Ok(Ok(Received::Message(Message::Text(t)))) =
+                tokio::time::timeout(std::time::Duration::from_millis(50), client.next()).await
+            {
+                echoes.push(t.to_string());
+            }
+        }
+    })
+    .await;
+    upstream.start_again(None).await;
+    client.send(Message::text("whoami")).await.unwrap();
+    within("the echoes and the new instance", async {
+        loop {
+            match client.next().await {
+                Ok(Received::Message(Message::Text(t))) if t == "app 1" => break,
+                Ok(Received::Message(Message::Text(t))) => echoes.push(t.to_string()),
+                other => panic!("the client saw {other:?}"),
+            }
+        }
+    })
+    .await;
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(echoes, expected);
+    let received: Vec<String> = upstream
+        .texts()
+        .into_iter()
+        .filter(|t| t.starts_with('m'))
+        .collect();
+    assert_eq!(
+        received, expected,
+        "each once, in order, across both instances"
+    );
+}

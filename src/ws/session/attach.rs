@@ -23,10 +23,10 @@ use crate::ws::ends::{UpstreamEnd, close_message, close_of};
 const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Counts a session in `holdfast_clients_away` while its client is away.
-struct AwayGauge<'a>(&'a metrics::Gauge);
+pub(crate) struct AwayGauge<'a>(&'a metrics::Gauge);
 
 impl<'a> AwayGauge<'a> {
-    fn new(gauge: &'a metrics::Gauge) -> Self {
+    pub(crate) fn new(gauge: &'a metrics::Gauge) -> Self {
         gauge.increment(1.0);
         Self(gauge)
     }

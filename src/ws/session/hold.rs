@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::ClientConn;
 use super::Session;
+use super::attach::AwayGauge;
 use super::closing::complete_close;
 pub use super::held::{HoldBuffer, HoldOutcome, backoff_delay, failure_window};
 use super::relay::{Sent, ping_frame, within};
@@ -138,6 +139,8 @@ pub enum HoldEnd {
     Resumed(Box<UpstreamWs>),
     GaveUp(HoldOutcome),
     Client(ClientEnd),
+    /// A resumable client went away during the hold and did not come back in time.
+    ClientGone,
     Shutdown,
     Policy(ProxyPolicy),
 }
@@ -189,6 +192,11 @@ where
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let expires_at = self.expires_at.unwrap_or_else(super::far_future);
+        // A resumable client may go away during the hold (and come back): until when it is
+        // waited for, and the gauge that counts it away.
+        let resumable = self.resume.is_some();
+        let gauges = self.shared.clone();
+        let mut away: Option<(Instant, AwayGauge)> = None;
         tracing::info!(session = %self.id, upstream = %self.member, "upstream restarting: holding the client");
 
         let end = loop {
@@ -199,8 +207,34 @@ where
                 _ = tokio::time::sleep_until(expires_at), if self.expires_at.is_some() => {
                     break HoldEnd::Policy(ProxyPolicy::TokenExpired);
                 }
-                incoming = self.client().next() => {
+                _ = async { tokio::time::sleep_until(away.as_ref().expect("checked").0).await }, if away.is_some() => {
+                    self.shared.metrics.client_resume("expired");
+                    break HoldEnd::ClientGone;
+                }
+                attach = std::future::poll_fn(|cx| match self.resume.as_deref_mut() {
+                    Some(resume) => resume.attach.poll_recv(cx),
+                    None => std::task::Poll::Pending,
+                }), if resumable => {
+                    if let Some(attach) = attach
+                        && self.reattach(attach, super::resumable::Start::Attached).await
+                    {
+                        away = None;
+                    }
+                }
+                incoming = self.client.next(), if away.is_none() => {
                     self.client_keepalive.heard();
+                    // A resumable client's connection that drops leaves it away, not gone.
+                    let lost = match &incoming {
+                        Some(Err(e)) => Some(ClientEnd::failed(e)),
+                        None => Some(ClientEnd::Vanished),
+                        _ => None,
+                    };
+                    if resumable && lost == Some(ClientEnd::Vanished) {
+                        let client_hold = self.shared.config.load().resume.client_hold;
+                        away = Some((Instant::now() + client_hold, AwayGauge::new(&gauges.metrics.clients_away)));
+                        tracing::info!(session = %self.id, "client away during the hold: keeping its session");
+                        continue;
+                    }
                     match incoming {
                         Some(Ok(Message::Close(frame))) => break HoldEnd::Client(ClientEnd::Closed(close_of(frame))),
                         Some(Ok(message)) if message.is_text() || message.is_binary() => {
@@ -285,7 +319,7 @@ where
                         break HoldEnd::GaveUp(HoldOutcome::Refused);
                     }
                 },
-                _ = ping.tick(), if ping_every.is_some() => {
+                _ = ping.tick(), if ping_every.is_some() && away.is_none() => {
                     if self.client_keepalive.tick() {
                         break HoldEnd::Client(ClientEnd::Vanished);
                     }
@@ -322,7 +356,7 @@ where
                 HoldOutcome::Resumed
             }
             HoldEnd::GaveUp(outcome) => *outcome,
-            HoldEnd::Client(_) => HoldOutcome::ClientClosed,
+            HoldEnd::Client(_) | HoldEnd::ClientGone => HoldOutcome::ClientClosed,
             HoldEnd::Shutdown => HoldOutcome::Shutdown,
             HoldEnd::Policy(_) => HoldOutcome::Policy,
         };
@@ -397,6 +431,9 @@ where
                     match within(self.send_to_client(message), stall, &mut shutdown).await {
                         Sent::Done => self.relayed(Direction::ToClient, len),
                         Sent::Shutdown => return Delivery::Shutdown,
+                        // A resumable client's message is kept whatever its connection does:
+                        // an away client gets it when it comes back.
+                        _ if self.resume.is_some() => self.relayed(Direction::ToClient, len),
                         Sent::Stalled => return Delivery::Client(ClientEnd::Stalled),
                         Sent::Failed(e) => return Delivery::Client(ClientEnd::failed(&e)),
                     }

@@ -282,6 +282,9 @@ where
                         break Box::pin(self.finish(Ending::Client(end), None)).await;
                     }
                     HoldEnd::Shutdown => break Box::pin(self.finish(Ending::Shutdown, None)).await,
+                    HoldEnd::ClientGone => {
+                        break Box::pin(self.finish(Ending::ClientGone, None)).await;
+                    }
                     HoldEnd::Policy(fired) => {
                         break Box::pin(self.finish(Ending::Policy(fired), None)).await;
                     }
