@@ -623,3 +623,75 @@ async fn a_client_that_drops_while_its_session_is_held_resumes_both_ways() {
         "each once, in order, across both instances"
     );
 }
+
+/// A sidecar rolling update as Kubernetes runs it with a native sidecar: pod A's app stops
+/// first (holdfast A holds its client), then holdfast A drains. The held client is moved all
+/// the same; it reaches pod B (the next version) through the balancer and sends its held
+/// messages there: each message once, in order, split between the two versions; no close.
+#[tokio::test]
+async fn a_sidecar_rolling_update_moves_the_client_to_the_next_pod() {
+    use holdfast::client::{Received, ResumableClient};
+    let app_a = UpstreamBuilder::new().name("v1").start().await;
+    let app_b = UpstreamBuilder::new().name("v2").start().await;
+    let (pod_a, _key, dir) = proxy_with_key(&app_a, "").await;
+    let key_file = dir.path().join("resume.key");
+    let pod_b = Proxy::start(
+        &[app_b.url()],
+        &format!(
+            "[resume]\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .await;
+    let balancer = CuttingRelay::start(pod_a.addr).await;
+    let mut client = ResumableClient::connect(balancer.addr, "/", &[])
+        .await
+        .unwrap();
+    for i in 0..10 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    app_a
+        .wait_for("the first 10", |log| log.received.len() >= 10)
+        .await;
+    // The pod is replaced: its app stops first, closing with 1001 as it goes away.
+    app_a
+        .go_down(Control::Close(1001, "shutting down".into()))
+        .await;
+    app_a
+        .wait_for("holdfast A's close reply", |log| !log.closes.is_empty())
+        .await;
+    for i in 10..15 {
+        client.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    // Then its holdfast drains; new connections reach pod B.
+    balancer.point_at(pod_b.addr);
+    let mut pod_a = pod_a;
+    pod_a.begin_shutdown();
+    client.send(Message::text("whoami")).await.unwrap();
+    let mut echoes = Vec::new();
+    within("the session on pod B", async {
+        loop {
+            match client.next().await {
+                Ok(Received::Message(Message::Text(t))) if t == "v2 0" => break,
+                Ok(Received::Message(Message::Text(t))) => echoes.push(t.to_string()),
+                other => panic!("the client saw {other:?}"),
+            }
+        }
+    })
+    .await;
+    let expected: Vec<String> = (0..15).map(|i| format!("m{i}")).collect();
+    assert_eq!(echoes, expected, "every echo once, in order");
+    let on_a: Vec<String> = app_a.texts();
+    let on_b: Vec<String> = app_b
+        .texts()
+        .into_iter()
+        .filter(|t| t.starts_with('m'))
+        .collect();
+    assert_eq!(
+        [on_a, on_b].concat(),
+        expected,
+        "each message once, in order, across the versions"
+    );
+    assert_eq!(app_b.handshake(0).headers()["x-holdfast-resume"], "1");
+    assert_eq!(pod_a.shutdown().await, 0, "pod A's holdfast drained");
+}

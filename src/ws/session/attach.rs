@@ -275,4 +275,42 @@ where
             }
         }
     }
+
+    /// This holdfast drains while the session is held (no upstream): the client is told to
+    /// move once it has acknowledged everything it was sent. The messages it sent while
+    /// held were not acknowledged: it sends them again to the holdfast it moves to.
+    pub(crate) async fn move_held_client(&mut self) -> Ending {
+        let drain = self.shared.config.load().shutdown.drain_timeout;
+        let moved = tokio::time::timeout(drain, async {
+            while self.resume.as_deref().is_some_and(|r| r.kept() > 0) {
+                let Some(Ok(message)) = self.client.next().await else {
+                    return false;
+                };
+                let Some(data) = Data::of(&message) else {
+                    continue;
+                };
+                let resume = self
+                    .resume
+                    .as_deref_mut()
+                    .expect("a resumable client moves");
+                if let Ok(crate::resume::envelope::Envelope::Ack(count)) =
+                    envelope::parse(data.payload(), data.is_text())
+                    && resume.on_ack(count).is_err()
+                {
+                    return false;
+                }
+            }
+            let resume = self.resume.as_deref().expect("a resumable client moves");
+            let body = serde_json::json!({ "token": resume.moving_token() }).to_string();
+            let moving = Message::text(envelope::control(envelope::MOVE, &body));
+            self.client.send(moving).await.is_ok()
+        })
+        .await;
+        if moved == Ok(true) {
+            tracing::info!(session = %self.id, "held client told to move: this holdfast drains");
+            Ending::Moved
+        } else {
+            Ending::Shutdown
+        }
+    }
 }

@@ -259,16 +259,9 @@ where
                                 break HoldEnd::GaveUp(HoldOutcome::Overflow);
                             }
                             self.shared.metrics.held_messages.increment(1.0);
-                            // A resumable client is acknowledged as it would be while relaying:
-                            // the held message is holdfast's to deliver now.
-                            if let Some(ack) = self.resume.as_deref_mut().and_then(|r| r.ack_if_due()) {
-                                match within(self.client().send(ack), stall, &mut cancelled).await {
-                                    Sent::Done => {}
-                                    Sent::Shutdown => break HoldEnd::Shutdown,
-                                    Sent::Stalled => break HoldEnd::Client(ClientEnd::Stalled),
-                                    Sent::Failed(e) => break HoldEnd::Client(ClientEnd::failed(&e)),
-                                }
-                            }
+                            // A resumable client's held messages are not acknowledged until a
+                            // new upstream has them: should this holdfast drain meanwhile, the
+                            // client sends them again wherever it moves.
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => break HoldEnd::Client(ClientEnd::failed(&e)),

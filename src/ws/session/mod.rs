@@ -267,6 +267,9 @@ where
                 && self.should_hold(end)
             {
                 self.shared.pool.mark_failed(self.member.addr);
+                // A resumable client hears now that everything it sent so far has reached an
+                // upstream; what it sends while held is acknowledged once delivered.
+                self.acknowledge_client().await;
                 // The old upstream's close handshake completes on the side, bounded.
                 self.shared.tracker.spawn(async move {
                     closing::complete_close(&mut upstream, Vec::new()).await;
@@ -275,11 +278,19 @@ where
                     HoldEnd::Resumed(new) => {
                         upstream = *new;
                         self.upstream_keepalive = Keepalive::new();
+                        // The held messages are delivered: acknowledged now.
+                        self.acknowledge_client().await;
                         continue;
                     }
                     HoldEnd::GaveUp(_) => break Box::pin(self.finish(Ending::GaveUp, None)).await,
                     HoldEnd::Client(end) => {
                         break Box::pin(self.finish(Ending::Client(end), None)).await;
+                    }
+                    // A drain during a hold moves a resumable client all the same: what it
+                    // sent while held is unacknowledged, so it sends it again where it moves.
+                    HoldEnd::Shutdown if self.resume.is_some() => {
+                        let ending = Box::pin(self.move_held_client()).await;
+                        break Box::pin(self.finish(ending, None)).await;
                     }
                     HoldEnd::Shutdown => break Box::pin(self.finish(Ending::Shutdown, None)).await,
                     HoldEnd::ClientGone => {
@@ -321,6 +332,18 @@ where
             &resume.hello(self.start),
         );
         self.client.send(Message::text(hello)).await
+    }
+
+    /// Acknowledges everything a resumable client sent that an upstream has (a message whose
+    /// write failed, `unsent`, is not one), best effort: a client that does not take it is
+    /// dealt with by the state that follows.
+    async fn acknowledge_client(&mut self) {
+        use futures_util::SinkExt;
+        let held = u64::from(self.unsent.is_some());
+        let Some(ack) = self.resume.as_deref_mut().and_then(|r| r.ack_now(held)) else {
+            return;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.send(ack)).await;
     }
 
     /// Sends an upstream data message to the client: as it is, or to a resumable client

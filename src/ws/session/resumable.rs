@@ -218,7 +218,9 @@ impl Resumable {
             expires_ms: issued_ms + self.client_hold.as_millis() as u64,
             moves: self.moves,
             credentials: self.credentials,
-            client_received: self.received,
+            // What was acknowledged: everything the client sent that an upstream has (held
+            // messages are not acknowledged, so a moved client sends them again).
+            client_received: self.acked_to_client,
             protocol: self.protocol.clone(),
             moving,
         })
@@ -294,6 +296,18 @@ impl Resumable {
     pub fn on_client_message(&mut self) -> bool {
         self.received += 1;
         self.received - self.acked_to_client >= ACK_EVERY
+    }
+
+    /// An acknowledgement of everything received so far but the last `held` messages (which
+    /// no upstream has yet), if that acknowledges anything new.
+    pub fn ack_now(&mut self, held: u64) -> Option<Message> {
+        let count = self.received.saturating_sub(held);
+        if count <= self.acked_to_client {
+            return None;
+        }
+        self.acked_to_client = count;
+        self.ack_at = None;
+        Some(Message::text(envelope::ack(count)))
     }
 
     /// Client messages not acknowledged yet.
