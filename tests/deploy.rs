@@ -22,7 +22,18 @@ fn every_configmap_holds_a_valid_proxy_toml() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     for shape in ["sidecar", "gateway"] {
         let manifest = std::fs::read_to_string(root.join(shape).join("configmap.yaml")).unwrap();
-        let toml = embedded_proxy_toml(&manifest);
+        // The resume key is a Secret mounted in the pod: here, a key file of the test's.
+        let key_dir = tempfile::tempdir().unwrap();
+        let key = key_dir.path().join("key");
+        std::fs::write(&key, [7u8; 48]).unwrap();
+        let toml = embedded_proxy_toml(&manifest).replace(
+            "\"/etc/holdfast-resume/key\"",
+            &format!("{:?}", key.display().to_string()),
+        );
+        assert!(
+            toml.contains(&key.display().to_string()),
+            "{shape}: the resume key is the mounted Secret"
+        );
         assert!(
             toml.contains("[upstream]"),
             "{shape}: block not found:\n{toml}"
