@@ -30,6 +30,30 @@ pub fn plain(tcp: TcpStream) -> io::Result<Plain> {
     Ok(tcp)
 }
 
+#[cfg(target_os = "linux")]
+fn unadopted(tcp: TcpStream) -> Plain {
+    Either::Left(tcp)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unadopted(tcp: TcpStream) -> Plain {
+    tcp
+}
+
+/// A client connection that `client_io` left off the ring, moved onto this thread's ring.
+#[cfg(target_os = "linux")]
+pub fn adopt(io: ClientIo) -> io::Result<ClientIo> {
+    match io {
+        Either::Left(Either::Left(tcp)) => plain(tcp).map(Either::Left),
+        other => Ok(other),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn adopt(io: ClientIo) -> io::Result<ClientIo> {
+    Ok(io)
+}
+
 /// The client's connection after the upgrade: the TCP (maybe on the worker's ring) or TLS
 /// stream itself when hyper hands it back (every read then skips hyper's upgrade wrappers),
 /// else hyper's `Upgraded`.
@@ -37,11 +61,14 @@ pub type ClientIo =
     Either<Plain, Either<Box<tokio_rustls::server::TlsStream<TcpStream>>, TokioIo<Upgraded>>>;
 
 /// Unwraps hyper's `Upgraded` into the stream it was built on, with the bytes hyper had
-/// already read past the request.
-pub fn client_io(upgraded: Upgraded) -> std::io::Result<(ClientIo, Bytes)> {
+/// already read past the request. A plain TCP connection moves onto this worker's ring
+/// (`plain`), unless the connection is bound for a session of another worker: that one
+/// adopts it on its own thread (`adopt`), since a ring socket works only on its ring's.
+pub fn client_io(upgraded: Upgraded, here: bool) -> std::io::Result<(ClientIo, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let tcp = plain(parts.io.into_inner())?;
+            let tcp = parts.io.into_inner();
+            let tcp = if here { plain(tcp)? } else { unadopted(tcp) };
             return Ok((Either::Left(tcp), parts.read_buf));
         }
         Err(other) => other,

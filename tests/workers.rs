@@ -170,3 +170,63 @@ async fn a_crash_looping_instance_loses_nothing_on_epoll_workers() {
 async fn a_crash_looping_instance_loses_nothing_on_io_uring_workers() {
     crash_looping_instance_loses_nothing(true).await;
 }
+
+/// Resumable clients cut three times on worker threads: a returning connection accepted by
+/// one worker joins a session living on the other (connections go round robin: with three
+/// clients every returning connection lands on the other worker), so it is moved onto that
+/// worker's ring before the session uses it. Every echo arrives once.
+async fn returning_clients_cross_workers(io_uring: bool) {
+    use holdfast::client::{Received, ResumableClient};
+    let workers = Arc::new(Workers::start(2, io_uring).expect("worker threads start"));
+    if io_uring && !all_on_io_uring(&workers) {
+        return;
+    }
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start_on_workers(&[upstream.url()], FAST, workers.clone()).await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = ResumableClient::connect(relay.addr, "/", &[])
+            .await
+            .expect("a resumable session");
+        clients.push(client);
+    }
+    within("three cuts", async {
+        for cut in 0..3 {
+            relay.cut_and_wait().await;
+            for (i, client) in clients.iter_mut().enumerate() {
+                let text = format!("client {i} after cut {cut}");
+                client.send(Message::text(text.clone())).await.unwrap();
+                match client.next().await {
+                    Ok(Received::Message(m)) => assert_eq!(m, Message::text(text)),
+                    other => panic!("client {i} after cut {cut}: {other:?}"),
+                }
+            }
+        }
+    })
+    .await;
+    for client in &clients {
+        assert_eq!(client.reconnects, 3);
+    }
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_resumes_total{outcome=\"reattached\"}")
+            .await,
+        9.0
+    );
+    assert_eq!(upstream.log.lock().unwrap().handshakes.len(), 3);
+    drop(proxy);
+    tokio::task::spawn_blocking(move || workers.stop())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_reach_sessions_on_other_epoll_workers() {
+    returning_clients_cross_workers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_reach_sessions_on_other_io_uring_workers() {
+    returning_clients_cross_workers(true).await;
+}

@@ -150,8 +150,13 @@ fn returning(
     let peer = conn.peer;
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
-        let Ok((io, already_read)) =
-            on_upgrade.await.map_err(std::io::Error::other).and_then(client_io)
+        // A client returning to a session stays off this worker's ring: the session's
+        // worker (maybe another) adopts it.
+        let here = !matches!(target, Ok(Return::Here(..)));
+        let Ok((io, already_read)) = on_upgrade
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|upgraded| client_io(upgraded, here))
         else {
             return;
         };
@@ -350,7 +355,7 @@ pub async fn accept(
     let shared_for_session = shared.clone();
     shared.tracker.spawn(async move {
         let permit = conn.permit;
-        let upgraded = match on_upgrade.await.map_err(std::io::Error::other).and_then(client_io) {
+        let upgraded = match on_upgrade.await.map_err(std::io::Error::other).and_then(|u| client_io(u, true)) {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");

@@ -127,12 +127,14 @@ where
     /// the session goes on as it was.
     pub(crate) async fn reattach(&mut self, attach: Attach, start: Start) -> bool {
         let limits = crate::ws::limits(&self.shared.config.load().websocket);
-        let mut client = WsConn::new(
-            C::from(attach.io),
-            Role::Server,
-            limits,
-            &attach.already_read,
-        );
+        let io = match crate::socket::adopt(attach.io) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::info!(session = %self.id, error = %e, "returning client's connection failed");
+                return false;
+            }
+        };
+        let mut client = WsConn::new(C::from(io), Role::Server, limits, &attach.already_read);
         let resume = self
             .resume
             .as_deref_mut()
