@@ -280,7 +280,7 @@ async fn forged_altered_expired_and_foreign_tokens_are_refused() {
         session,
         issued_ms: now,
         expires_ms: now + 60_000,
-        moves: 0,
+        resumes: 0,
         credentials: credentials(None, None),
         client_received: 0,
         protocol: None,
@@ -405,7 +405,8 @@ async fn a_client_away_while_the_upstream_floods_gets_the_give_up_close() {
 /// drains mid-stream: its client is told to move, reconnects through the balancer to the
 /// second, which opens the upstream again with the same session id and X-Holdfast-Resume.
 /// No close reaches the client; nothing is lost or duplicated either way; the first
-/// holdfast drains to zero sessions.
+/// holdfast drains to zero sessions. Then the upstream restarts: the moved session is held
+/// like any other, and its next upstream gets X-Holdfast-Resume 2.
 #[tokio::test]
 async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
     use holdfast::client::{Received, ResumableClient};
@@ -472,6 +473,27 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
             .await,
         1.0
     );
+    // The moved session is held across an upstream restart like any other.
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    client
+        .send(Message::text("held after the move"))
+        .await
+        .unwrap();
+    upstream.start_again(None).await;
+    let echo = within("the held message's echo", client.next()).await;
+    assert_eq!(
+        echo.unwrap(),
+        Received::Message(Message::text("held after the move"))
+    );
+    // X-Holdfast-Resume goes on counting the session's upstream openings across the move.
+    let third = upstream.handshake(2);
+    assert_eq!(
+        third.headers()["x-holdfast-session"],
+        old.headers()["x-holdfast-session"]
+    );
+    assert_eq!(third.headers()["x-holdfast-resume"], "2");
 }
 
 /// Part 1's hold composes with a resumable client: the upstream restarts (1012) while the

@@ -23,8 +23,9 @@ pub struct Claims {
     /// When it was issued and until when it is valid (Unix milliseconds).
     pub issued_ms: u64,
     pub expires_ms: u64,
-    /// How many times the session has moved to another holdfast (`X-Holdfast-Resume`).
-    pub moves: u32,
+    /// How many times the session's upstream has been opened again so far, by holds and
+    /// moves: a move opens it with `X-Holdfast-Resume: resumes + 1`.
+    pub resumes: u32,
     /// A hash of the first handshake's `Authorization` and `Cookie` (`credentials`).
     pub credentials: [u8; 16],
     /// How many of the client's messages holdfast had received when the token was issued
@@ -64,9 +65,12 @@ impl Key {
         Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
-    /// A key of this process alone: tokens resume sessions only here.
-    pub fn random() -> Key {
-        Key::new(&rand::random::<[u8; 32]>())
+    /// The key of this process alone, random and the same for every `App` in it (the demo
+    /// runs two while it restarts holdfast): tokens resume sessions only in this process.
+    pub fn of_this_process() -> Key {
+        static KEY: std::sync::OnceLock<Key> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| Key::new(&rand::random::<[u8; 32]>()))
+            .clone()
     }
 
     pub fn issue(&self, claims: &Claims) -> String {
@@ -75,7 +79,7 @@ impl Key {
         out.extend_from_slice(&claims.session.to_be_bytes());
         out.extend_from_slice(&claims.issued_ms.to_be_bytes());
         out.extend_from_slice(&claims.expires_ms.to_be_bytes());
-        out.extend_from_slice(&claims.moves.to_be_bytes());
+        out.extend_from_slice(&claims.resumes.to_be_bytes());
         out.extend_from_slice(&claims.credentials);
         out.extend_from_slice(&claims.client_received.to_be_bytes());
         out.push(u8::from(claims.moving));
@@ -119,7 +123,7 @@ fn decode(payload: &[u8]) -> Option<Claims> {
     let session = u64::from_be_bytes(r.take()?);
     let issued_ms = u64::from_be_bytes(r.take()?);
     let expires_ms = u64::from_be_bytes(r.take()?);
-    let moves = u32::from_be_bytes(r.take()?);
+    let resumes = u32::from_be_bytes(r.take()?);
     let credentials = r.take::<16>()?;
     let client_received = u64::from_be_bytes(r.take()?);
     let moving = match r.take::<1>()?[0] {
@@ -140,7 +144,7 @@ fn decode(payload: &[u8]) -> Option<Claims> {
         session,
         issued_ms,
         expires_ms,
-        moves,
+        resumes,
         credentials,
         client_received,
         protocol,
@@ -193,7 +197,7 @@ mod tests {
             session: 0x8f3a_0000_1234_abcd,
             issued_ms: 1_000_000,
             expires_ms: 1_030_000,
-            moves: 2,
+            resumes: 2,
             credentials: credentials(Some(b"Bearer x"), None),
             client_received: 1200,
             protocol: Some("chat.v2".into()),

@@ -203,13 +203,13 @@ fn resume_settings(
     shared: &Shared,
     client_headers: &HeaderMap,
     protocol: &Option<HeaderValue>,
-    moves: u32,
+    resumes: u32,
 ) -> Settings {
     let value = |name| client_headers.get(name).map(HeaderValue::as_bytes);
     Settings {
         key: shared.resume_key(),
         credentials: credentials(value(header::AUTHORIZATION), value(header::COOKIE)),
-        moves,
+        resumes,
         protocol: protocol
             .as_ref()
             .and_then(|p| p.to_str().ok())
@@ -285,7 +285,7 @@ pub async fn accept(
         }
     }
     let (id, resumes) = match &moved {
-        Some((claims, _)) => (claims.session, claims.moves.saturating_add(1)),
+        Some((claims, _)) => (claims.session, claims.resumes.saturating_add(1)),
         None => (rand::random::<u64>(), 0),
     };
     let session_id = session_name(id);

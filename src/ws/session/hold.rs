@@ -346,6 +346,9 @@ where
         let outcome = match &end {
             HoldEnd::Resumed(_) => {
                 self.resumes += 1;
+                if let Some(resume) = self.resume.as_deref_mut() {
+                    resume.upstream_reopened(self.resumes);
+                }
                 HoldOutcome::Resumed
             }
             HoldEnd::GaveUp(outcome) => *outcome,

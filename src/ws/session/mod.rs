@@ -214,7 +214,8 @@ where
             replay_first,
             client_seq: 0,
             unsent: None,
-            resumes: 0,
+            // A moved session goes on counting from the header its upstream was opened with.
+            resumes: opened.resume.as_ref().map_or(0, |(r, _)| r.resumes()),
             holds: Vec::new(),
             stats: Stats::default(),
             client_keepalive: Keepalive::new(),

@@ -64,7 +64,8 @@ pub struct Resumable {
     pub id: u64,
     key: Key,
     credentials: [u8; 16],
-    moves: u32,
+    /// The upstream re-openings so far (holds and moves): `X-Holdfast-Resume` of the last.
+    resumes: u32,
     /// The application's subprotocol as the upstream chose it.
     protocol: Option<String>,
     replay_first: u64,
@@ -109,7 +110,8 @@ pub enum Due {
 pub struct Settings {
     pub key: Key,
     pub credentials: [u8; 16],
-    pub moves: u32,
+    /// `X-Holdfast-Resume` of the upstream this session was opened with (0: a new one).
+    pub resumes: u32,
     pub protocol: Option<String>,
     pub replay_first: u64,
     pub client_hold: Duration,
@@ -137,7 +139,7 @@ impl Resumable {
             id,
             key: settings.key,
             credentials: settings.credentials,
-            moves: settings.moves,
+            resumes: settings.resumes,
             protocol: settings.protocol,
             replay_first: settings.replay_first,
             client_hold: settings.client_hold,
@@ -195,6 +197,16 @@ impl Resumable {
         self.replaying = true;
     }
 
+    /// `X-Holdfast-Resume` of the session's current upstream (0: its first).
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// A hold opened the upstream again, with `X-Holdfast-Resume: resumes`.
+    pub fn upstream_reopened(&mut self, resumes: u32) {
+        self.resumes = resumes;
+    }
+
     pub fn credentials(&self) -> [u8; 16] {
         self.credentials
     }
@@ -216,7 +228,7 @@ impl Resumable {
             session: self.id,
             issued_ms,
             expires_ms: issued_ms + self.client_hold.as_millis() as u64,
-            moves: self.moves,
+            resumes: self.resumes,
             credentials: self.credentials,
             // What was acknowledged: everything the client sent that an upstream has (held
             // messages are not acknowledged, so a moved client sends them again).
@@ -395,7 +407,7 @@ mod tests {
             Settings {
                 key: Key::new(&[1; 32]),
                 credentials: [2; 16],
-                moves: 0,
+                resumes: 0,
                 protocol: Some("chat".into()),
                 replay_first: 2,
                 client_hold: Duration::from_secs(30),
