@@ -77,7 +77,7 @@ impl App {
             sessions: AtomicUsize::new(0),
             memory_freed: AtomicBool::new(false),
             resumables: Default::default(),
-            process_key: crate::resume::token::Key::random(),
+            process_key: crate::resume::token::Key::of_this_process(),
         });
         Ok(App {
             listener,

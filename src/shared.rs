@@ -44,7 +44,7 @@ pub struct Shared {
     /// Resumable sessions of this process, where a returning client is handed over.
     pub resumables: Resumables,
     /// The resume key of this process, for when `resume.key_file` is not set: tokens then
-    /// resume sessions only here. Kept across reloads.
+    /// resume sessions only in this process. Kept across reloads.
     pub process_key: Key,
 }
 

@@ -4,17 +4,23 @@
 //! client sees. `--serve` keeps the upstream and proxy running for a person to try.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::config;
 
+mod holdfasts;
+mod network;
+mod page;
 mod script;
 mod upstream;
 
-use script::script;
+use holdfasts::Holdfasts;
+use network::Network;
+use page::Stage;
+use script::{resumable_scene, script};
 use upstream::DemoUpstream;
 
 /// The shipped configuration, the demo's starting point.
@@ -68,74 +74,101 @@ impl Clock {
 pub async fn run(serve_forever: bool, listen: SocketAddr) -> Result<(), DemoError> {
     let clock = Clock(Instant::now());
     let upstream = DemoUpstream::start(clock).await?;
-    let (listen, admin) = if serve_forever {
-        (listen, "127.0.0.1:9901")
-    } else {
-        ("127.0.0.1:0".parse().expect("a socket address"), "")
-    };
-    let config = config::from_toml_layers(&[SHIPPED, &demo_layer(listen, admin, upstream.addr)])?;
-    let app = App::build(config).await?;
-    let proxy = app.proxy_addr();
-    let handle = app.handle();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy_task = tokio::spawn(app.run(async move {
-        let _ = stop_rx.await;
-    }));
-
+    // holdfast listens on a port of its own; with --serve, people connect to the demo's
+    // network on `listen`, which relays to whichever holdfast is current.
+    let anywhere: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+    let layers = vec![SHIPPED.to_owned(), demo_layer(anywhere, "", upstream.addr)];
+    let holdfasts = Arc::new(Holdfasts::start(layers, clock).await?);
     if serve_forever {
-        print_serve_banner(proxy, upstream.addr);
-        let restarts = {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(15)).await;
-                    let _ = upstream.restart(Duration::from_millis(500)).await;
-                }
-            })
-        };
-        let _ = tokio::signal::ctrl_c().await;
-        restarts.abort();
-        let _ = stop_tx.send(());
-        let _ = proxy_task.await;
-        return Ok(());
+        return serve(listen, upstream, holdfasts).await;
     }
 
     println!(
-        "holdfast demo: an echo upstream that restarts, holdfast in front of it, and a client.\n"
+        "holdfast demo: an echo upstream that restarts, holdfast in front of it, and two clients.\n"
     );
     clock.say(
         "upstream",
         format!("instance 1 listening on ws://{}", upstream.addr),
     );
+    let proxy = holdfasts.addr().await;
     clock.say(
         "holdfast",
         format!("listening on ws://{proxy} (shipped proxy.toml settings)"),
     );
+    scene("1: a plain WebSocket client");
     let outcome = script(proxy, &upstream, clock).await;
-    let metrics = handle.render_metrics();
-    let _ = stop_tx.send(());
-    let _ = proxy_task.await;
+    let metrics = holdfasts.metrics().await;
     let summary = outcome?;
+    scene("2: a client of the holdfast library (resumable session)");
+    let (network, listener) = Network::bind(anywhere, proxy).await?;
+    network.serve(
+        listener,
+        None::<fn(tokio::net::TcpStream) -> std::future::Ready<()>>,
+    );
+    let resumable = resumable_scene(&network, &holdfasts, clock).await;
+    holdfasts.stop().await;
+    let resumable = resumable?;
     let resumed = metric(&metrics, "holdfast_holds_total{outcome=\"resumed\"}");
     println!("\n── summary ─────────────────────────────────────────────────────────────");
-    println!("  client connections opened    1");
-    println!("  upstream restarts            2 — the client's socket stayed open through both");
+    println!("  plain client");
+    println!("    connections opened         1");
+    println!("    upstream restarts          2 — the client's socket stayed open through both");
     println!(
-        "  messages sent / answered     {} / {}",
+        "    messages sent / answered   {} / {}",
         summary.sent, summary.answered
     );
-    println!("  answered by instance         {}", summary.instances);
+    println!("    answered by instance       {}", summary.instances);
     println!(
-        "  holds resumed (metrics)      {resumed}   holdfast_holds_total{{outcome=\"resumed\"}}"
+        "    holds resumed (metrics)    {resumed}   holdfast_holds_total{{outcome=\"resumed\"}}"
     );
     println!(
-        "  final close                  {} {}",
+        "    final close                {} {}",
         summary.close_code, summary.close_reason
     );
+    println!("  library client");
     println!(
-        "\nNext: `holdfast demo --serve` to try it with any WebSocket client, or put holdfast"
+        "    survived                   a cut connection and a holdfast restart, without a close"
     );
-    println!("in front of your own app: cargo run --release -- --config proxy.toml");
+    println!(
+        "    messages sent / answered   {} / {} — each once, in order",
+        resumable.sent, resumable.answered
+    );
+    println!("    reconnects                 {}", resumable.reconnects);
+    println!("\nNext: `holdfast demo --serve` for a page with buttons that break things, or put");
+    println!("holdfast in front of your own app: cargo run --release -- --config proxy.toml");
+    Ok(())
+}
+
+fn scene(title: &str) {
+    println!(
+        "\n── scene {title} {}",
+        "─".repeat(66usize.saturating_sub(title.len()))
+    );
+}
+
+/// `--serve`: the page and the WebSocket relay on `listen`, until Ctrl-C.
+async fn serve(
+    listen: SocketAddr,
+    upstream: Arc<DemoUpstream>,
+    holdfasts: Arc<Holdfasts>,
+) -> Result<(), DemoError> {
+    let (network, listener) = Network::bind(listen, holdfasts.addr().await).await?;
+    let stage = Arc::new(Stage {
+        upstream: upstream.clone(),
+        network: network.clone(),
+        holdfasts: holdfasts.clone(),
+    });
+    network.serve(listener, Some(move |tcp| page::serve(tcp, stage.clone())));
+    print_serve_banner(network.addr, upstream.addr);
+    let restarts = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let _ = upstream.restart(Duration::from_millis(500)).await;
+        }
+    });
+    let _ = tokio::signal::ctrl_c().await;
+    restarts.abort();
+    holdfasts.stop().await;
     Ok(())
 }
 
@@ -145,20 +178,22 @@ fn metric(text: &str, series: &str) -> String {
         .unwrap_or_else(|| "0".into())
 }
 
-fn print_serve_banner(proxy: SocketAddr, upstream: SocketAddr) {
+fn print_serve_banner(listen: SocketAddr, upstream: SocketAddr) {
     println!("holdfast demo is serving (Ctrl-C to stop):");
-    println!("  proxy     ws://{proxy}/     holdfast, shipped proxy.toml settings");
+    println!("  page      http://{listen}/   a live feed with the client library, and buttons to");
     println!(
-        "  upstream  ws://{upstream}/   echo; restarts with 1012 every 15 s; `forbidden` → 1008"
+        "                                 restart the app, cut your connection, restart holdfast"
     );
-    println!("  metrics   http://127.0.0.1:9901/metrics");
+    println!("  proxy     ws://{listen}/     holdfast (shipped proxy.toml settings)");
+    println!(
+        "  upstream  ws://{upstream}/   echo; restarts with 1012 every 30 s; `forbidden` → 1008"
+    );
+    println!("  metrics   http://{listen}/metrics");
     println!();
-    println!("Connect with any WebSocket client and keep typing across the restarts:");
-    println!("  websocat ws://{proxy}/");
-    println!("or in a browser console:");
-    println!("  ws = new WebSocket(\"ws://{proxy}/\");");
-    println!("  ws.onmessage = (e) => console.log(e.data);");
-    println!("  ws.onclose = (e) => console.log(\"closed\", e.code, e.reason);");
-    println!("  ws.send(\"hello\");   // answered by the current instance, even across restarts");
-    println!("  ws.send(\"forbidden\");  // closed with 1008 and its policy context");
+    println!(
+        "Open the page, or connect with any WebSocket client and keep typing across the restarts:"
+    );
+    println!("  websocat ws://{listen}/");
+    println!("A plain client is held across the app's restarts; the page's library client also");
+    println!("survives a cut connection and holdfast's own restart.");
 }

@@ -10,8 +10,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::holdfasts::Holdfasts;
+use super::network::Network;
 use super::upstream::DemoUpstream;
 use super::{Clock, DemoError};
+use crate::client::{Received, ResumableClient};
 
 pub struct Summary {
     pub sent: usize,
@@ -114,4 +117,95 @@ pub async fn script(
             }
         }
     }
+}
+
+pub struct ResumableSummary {
+    pub sent: usize,
+    pub answered: usize,
+    pub reconnects: u32,
+}
+
+/// How many numbered messages the library client sends, and when things break.
+const RESUMABLE_MESSAGES: usize = 12;
+const CUT_AFTER: usize = 4;
+const RESTART_AFTER: usize = 8;
+
+/// The library client (the Rust twin of `clients/js`): numbered messages through the demo's
+/// network while the network cuts its connection and then holdfast itself restarts. Each
+/// echo must come back once, in order.
+pub async fn resumable_scene(
+    network: &Arc<Network>,
+    holdfasts: &Arc<Holdfasts>,
+    clock: Clock,
+) -> Result<ResumableSummary, DemoError> {
+    let mut client = ResumableClient::connect(network.addr, "/demo", &[])
+        .await
+        .map_err(|e| DemoError::Unexpected(format!("the library client: {e}")))?;
+    clock.say(
+        "client",
+        format!(
+            "connected through the network to holdfast 1: resumable session {}",
+            client.session.as_deref().unwrap_or("?")
+        ),
+    );
+    let mut restart = None;
+    let mut reconnects = 0;
+    for n in 1..=RESUMABLE_MESSAGES {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = format!("resumable #{n}");
+        clock.say("client", format!("→ {text}"));
+        client
+            .send(Message::text(text.clone()))
+            .await
+            .map_err(|e| DemoError::Unexpected(format!("the library client: {e}")))?;
+        if n == CUT_AFTER {
+            network.cut();
+            clock.say(
+                "network",
+                "cuts the client's connection (a reset, no close frame — as a phone changing networks)",
+            );
+        }
+        if n == RESTART_AFTER {
+            clock.say(
+                "holdfast",
+                "restarts (a rollout): the next one starts, this one drains",
+            );
+            let (network, holdfasts) = (network.clone(), holdfasts.clone());
+            restart = Some(tokio::spawn(async move {
+                holdfasts.restart(|next| network.point_at(next)).await
+            }));
+        }
+        let echo = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .map_err(|_| DemoError::Unexpected(format!("no echo of {text:?} in 10 s")))?
+            .map_err(|e| DemoError::Unexpected(format!("the library client: {e}")))?;
+        if client.reconnects > reconnects {
+            reconnects = client.reconnects;
+            clock.say(
+                "client",
+                "reconnected with its token; what either side missed is sent again",
+            );
+        }
+        match echo {
+            Received::Message(Message::Text(echo)) if echo.ends_with(&format!(": {text}")) => {
+                clock.say("client", format!("← {echo}"));
+            }
+            other => {
+                return Err(DemoError::Unexpected(format!(
+                    "expected the echo of {text:?}, got {other:?}"
+                )));
+            }
+        }
+    }
+    if let Some(restart) = restart {
+        restart
+            .await
+            .map_err(|e| DemoError::Unexpected(e.to_string()))??;
+    }
+    client.close(1000, "done").await;
+    Ok(ResumableSummary {
+        sent: RESUMABLE_MESSAGES,
+        answered: RESUMABLE_MESSAGES,
+        reconnects: client.reconnects,
+    })
 }

@@ -129,8 +129,14 @@ async fn serve(
             _ = restart.recv() => {
                 let frame = CloseFrame { code: CloseCode::Restart, reason: "demo upstream restarting".into() };
                 let _ = ws.send(Message::Close(Some(frame))).await;
-                // Finish the close handshake, then drop the connection.
-                while let Some(Ok(_)) = ws.next().await {}
+                // Finish the close handshake, then drop the connection. A message that
+                // crossed the close is this instance's to handle, not holdfast's to hold;
+                // after its close an echo server can no longer answer it.
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message {
+                        clock.say("upstream", format!("instance {instance} read {:?} while closing: too late to answer", text.as_str()));
+                    }
+                }
                 return;
             }
             message = ws.next() => match message {
