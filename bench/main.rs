@@ -9,6 +9,7 @@
 
 mod copy;
 mod echo;
+mod library;
 mod load;
 mod procs;
 #[cfg(target_os = "linux")]
@@ -55,8 +56,11 @@ struct Cli {
     #[arg(long, conflicts_with = "resume_only")]
     throughput_only: bool,
     /// Only the resume measurement (its tail varies from run to run: repeat this).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "library_only")]
     resume_only: bool,
+    /// Only the library clients' table (resumable against plain sessions on holdfast).
+    #[arg(long, conflicts_with = "throughput_only")]
+    library_only: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -156,7 +160,8 @@ fn main() {
 }
 
 async fn run(mut cli: Cli) {
-    if cli.resume_only {
+    let library_sizes = cli.sizes.clone();
+    if cli.resume_only || cli.library_only {
         cli.sizes.clear();
     }
     let dir = tempfile_dir();
@@ -251,7 +256,7 @@ async fn run(mut cli: Cli) {
         proxies.push("nginx");
     }
     proxies.push("holdfast");
-    if cli.throughput_only {
+    if cli.throughput_only || cli.library_only {
         proxies.clear();
     }
     if !cli.resume_only {
@@ -274,9 +279,22 @@ async fn run(mut cli: Cli) {
     }
     drop(echo);
 
-    print_table(&cli, &results, &memory, &resume, with_nginx);
+    if !cli.library_only {
+        print_table(&cli, &results, &memory, &resume, with_nginx);
+    }
     if with_nginx && !results.is_empty() {
         print_paired(&cli, &results);
+    }
+    if !cli.throughput_only && !cli.resume_only {
+        library::run(
+            &dir,
+            &library_sizes,
+            cli.rounds,
+            cli.seconds,
+            cli.connections,
+            cli.sessions,
+        )
+        .await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -122,7 +122,7 @@ fn check_return(
 /// Where a returning client's session is.
 enum Return {
     /// Here: its task takes the connection (the channel, the id, what the client received).
-    Here(tokio::sync::mpsc::Sender<Attach>, u64, u64),
+    Here(tokio::sync::mpsc::Sender<Box<Attach>>, u64, u64),
     /// Another holdfast drained and told it to move: it continues here.
     Move(resume::token::Claims, u64),
     /// Nowhere any more.
@@ -168,18 +168,18 @@ fn returning(
                 (io, already_read, session::attach::resume_refused(&why))
             }
             Ok(Return::Here(session, id, received)) => {
-                let attach = Attach {
+                let attach = Box::new(Attach {
                     io,
                     already_read,
                     received,
                     peer,
-                };
+                });
                 match session.send(attach).await {
                     Ok(()) => return,
                     Err(gone) => {
                         // The session ended between the lookup and now.
                         tracing::info!(session = %session_name(id), peer = %peer, "resume refused: the session just ended");
-                        let Attach { io, already_read, .. } = gone.0;
+                        let Attach { io, already_read, .. } = *gone.0;
                         (io, already_read, give_up())
                     }
                 }

@@ -125,7 +125,7 @@ where
     /// wins) is closed with 1008 `resume-replaced`. False when the client cannot be caught
     /// up (it asks for messages no longer kept, or its connection fails): it is refused and
     /// the session goes on as it was.
-    pub(crate) async fn reattach(&mut self, attach: Attach, start: Start) -> bool {
+    pub(crate) async fn reattach(&mut self, attach: Box<Attach>, start: Start) -> bool {
         let limits = crate::ws::limits(&self.shared.config.load().websocket);
         let io = match crate::socket::adopt(attach.io) {
             Ok(io) => io,

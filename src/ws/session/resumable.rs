@@ -80,7 +80,7 @@ pub struct Resumable {
     max_messages: usize,
     max_bytes: usize,
     /// Where returning clients of this session arrive.
-    pub attach: mpsc::Receiver<Attach>,
+    pub attach: mpsc::Receiver<Box<Attach>>,
     /// A moved session's start: the client's replayed opening messages (`p`) may come.
     replaying: bool,
     /// When the pending acknowledgement is due (armed by the first unacknowledged message).
@@ -94,7 +94,7 @@ pub enum Event {
     /// A timer fired.
     Due(Due),
     /// A returning client (`None`: no client can come back any more).
-    Attach(Option<Attach>),
+    Attach(Option<Box<Attach>>),
 }
 
 /// A timer of a resumable session that fired.
@@ -133,7 +133,7 @@ impl Resumable {
         id: u64,
         settings: Settings,
         (received, sent): (u64, u64),
-        attach: mpsc::Receiver<Attach>,
+        attach: mpsc::Receiver<Box<Attach>>,
     ) -> Self {
         Self {
             id,
