@@ -1,9 +1,11 @@
-//! Parsing of the human units used in `proxy.toml`: durations (`"250ms"`, `"5s"`, `"2m"`)
-//! and sizes (`"64KiB"`, `"16MiB"`, or a plain integer of bytes).
+//! Parsing of the values written as text in `proxy.toml`: durations (`"250ms"`, `"5s"`,
+//! `"2m"`), sizes (`"64KiB"`, `"16MiB"`, or a plain integer of bytes), upstream endpoints
+//! (`"ws://host:port"`) and token sources (`"query:<name>"`).
 
 use std::time::Duration;
 
 use super::raw::RawSize;
+use super::{Endpoint, TokenSource};
 
 /// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h 30m"`, `"0s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -59,6 +61,59 @@ pub fn format_size(bytes: u64) -> String {
         }
     }
     bytes.to_string()
+}
+
+pub fn endpoint(text: &str) -> Result<Endpoint, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a URL; write e.g. \"ws://127.0.0.1:9000\""))?;
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("`{text}` must start with ws:// or wss://")),
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{text}` has no host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{text}` has a path; endpoints are origins (scheme, host, port) and the client's path is forwarded as is"
+        ));
+    }
+    Ok(Endpoint {
+        secure,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port: uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
+    })
+}
+
+pub fn token_source(text: &str) -> Result<Option<TokenSource>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (kind, name) = text.split_once(':').unwrap_or((text, ""));
+    if name.is_empty() {
+        return Err(format!(
+            "`{text}` must be \"\", \"header:authorization\", \"query:<name>\" or \"cookie:<name>\""
+        ));
+    }
+    match kind {
+        "header" if name.eq_ignore_ascii_case("authorization") => {
+            Ok(Some(TokenSource::Header(name.to_ascii_lowercase())))
+        }
+        "header" => Err(format!(
+            "`{text}`: only the Authorization header (a Bearer token) is supported"
+        )),
+        "query" => Ok(Some(TokenSource::Query(name.to_owned()))),
+        "cookie" => Ok(Some(TokenSource::Cookie(name.to_owned()))),
+        _ => Err(format!(
+            "`{text}` must be \"\", \"header:authorization\", \"query:<name>\" or \"cookie:<name>\""
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::raw::{RawCodes, RawConfig, RawSize};
-use super::units::{self, parse_duration, parse_size};
+use super::units::{self, endpoint, parse_duration, parse_size, token_source};
 use super::*;
 use crate::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
 use crate::tls;
@@ -177,59 +177,6 @@ impl Checker<'_> {
             return None;
         }
         Some(low..=high)
-    }
-}
-
-fn endpoint(text: &str) -> Result<Endpoint, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a URL; write e.g. \"ws://127.0.0.1:9000\""))?;
-    let secure = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => return Err(format!("`{text}` must start with ws:// or wss://")),
-    };
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{text}` has no host"))?;
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "`{text}` has a path; endpoints are origins (scheme, host, port) and the client's path is forwarded as is"
-        ));
-    }
-    Ok(Endpoint {
-        secure,
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        port: uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
-    })
-}
-
-fn token_source(text: &str) -> Result<Option<TokenSource>, String> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let (kind, name) = text.split_once(':').unwrap_or((text, ""));
-    if name.is_empty() {
-        return Err(format!(
-            "`{text}` must be \"\", \"header:authorization\", \"query:<name>\" or \"cookie:<name>\""
-        ));
-    }
-    match kind {
-        "header" if name.eq_ignore_ascii_case("authorization") => {
-            Ok(Some(TokenSource::Header(name.to_ascii_lowercase())))
-        }
-        "header" => Err(format!(
-            "`{text}`: only the Authorization header (a Bearer token) is supported"
-        )),
-        "query" => Ok(Some(TokenSource::Query(name.to_owned()))),
-        "cookie" => Ok(Some(TokenSource::Cookie(name.to_owned()))),
-        _ => Err(format!(
-            "`{text}` must be \"\", \"header:authorization\", \"query:<name>\" or \"cookie:<name>\""
-        )),
     }
 }
 
@@ -477,7 +424,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         buffer_bytes: c.size("resume.buffer_bytes", &r.buffer_bytes),
         key: key_file
             .as_ref()
-            .and_then(|path| match read_resume_key(path) {
+            .and_then(|path| match crate::resume::token::Key::from_file(path) {
                 Ok(key) => Some(key),
                 Err(e) => {
                     c.problem("resume.key_file", e);
@@ -506,25 +453,4 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         shutdown,
         resume,
     })
-}
-
-/// The shortest resume key accepted (HMAC-SHA256 wants at least its output's 32 bytes).
-const MIN_RESUME_KEY: usize = 32;
-
-/// The HMAC key in `path`: its bytes, a trailing newline removed (a key written with `echo`
-/// or `openssl rand -base64` ends in one).
-fn read_resume_key(path: &std::path::Path) -> Result<crate::resume::token::Key, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let key = bytes
-        .strip_suffix(b"\r\n")
-        .or_else(|| bytes.strip_suffix(b"\n"))
-        .unwrap_or(&bytes);
-    if key.len() < MIN_RESUME_KEY {
-        return Err(format!(
-            "{} holds {} bytes; a resume key needs at least {MIN_RESUME_KEY} random bytes (e.g. `openssl rand -base64 48`)",
-            path.display(),
-            key.len()
-        ));
-    }
-    Ok(crate::resume::token::Key::new(key))
 }

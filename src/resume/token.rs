@@ -60,9 +60,31 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The shortest resume key accepted (HMAC-SHA256 wants at least its output's 32 bytes).
+pub const MIN_KEY_BYTES: usize = 32;
+
 impl Key {
     pub fn new(secret: &[u8]) -> Key {
         Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// The key in the file at `path` (`resume.key_file`): its bytes, a trailing newline
+    /// removed (a key written with `echo` or `openssl rand -base64` ends in one).
+    pub fn from_file(path: &std::path::Path) -> Result<Key, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let key = bytes
+            .strip_suffix(b"\r\n")
+            .or_else(|| bytes.strip_suffix(b"\n"))
+            .unwrap_or(&bytes);
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "{} holds {} bytes; a resume key needs at least {MIN_KEY_BYTES} random bytes (e.g. `openssl rand -base64 48`)",
+                path.display(),
+                key.len()
+            ));
+        }
+        Ok(Key::new(key))
     }
 
     /// The key of this process alone, random and the same for every `App` in it (the demo

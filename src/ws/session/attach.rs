@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::closing::complete_close;
 use super::relay::{ping_frame, within};
 use super::resumable::Start;
-use super::{ClientConn, Ending, Keepalive, Session};
+use super::{CLOSE_TIMEOUT, ClientConn, Ending, Keepalive, Session};
 use crate::close::{Close, POLICY_VIOLATION};
 use crate::codec::{Data, Role, WsConn};
 use crate::resume::envelope;
@@ -48,6 +48,30 @@ impl<C> Session<C>
 where
     C: ClientConn,
 {
+    /// A resumable client's first frame on a connection: the hello (then, for a returning
+    /// client, what it missed). Nothing for a plain client.
+    pub(crate) async fn say_hello(&mut self) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let Some(resume) = &self.resume else {
+            return Ok(());
+        };
+        let hello = crate::resume::envelope::control(
+            crate::resume::envelope::HELLO,
+            &resume.hello(self.start),
+        );
+        self.client.send(Message::text(hello)).await
+    }
+
+    /// Acknowledges everything a resumable client sent that an upstream has (a message whose
+    /// write failed, `unsent`, is not one), best effort: a client that does not take it is
+    /// dealt with by the state that follows.
+    pub(crate) async fn acknowledge_client(&mut self) {
+        let held = u64::from(self.unsent.is_some());
+        let Some(ack) = self.resume.as_deref_mut().and_then(|r| r.ack_now(held)) else {
+            return;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.send(ack)).await;
+    }
+
     /// The `Away` state: the client's connection is gone. The upstream is kept, what it
     /// sends is kept for the client (within `resume.buffer_*`), and the session waits up to
     /// `resume.client_hold` for the client to come back. `Ok`: it came back and relaying

@@ -321,32 +321,6 @@ where
         report
     }
 
-    /// A resumable client's first frame on a connection: the hello (then, for a returning
-    /// client, what it missed). Nothing for a plain client.
-    async fn say_hello(&mut self) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        use futures_util::SinkExt;
-        let Some(resume) = &self.resume else {
-            return Ok(());
-        };
-        let hello = crate::resume::envelope::control(
-            crate::resume::envelope::HELLO,
-            &resume.hello(self.start),
-        );
-        self.client.send(Message::text(hello)).await
-    }
-
-    /// Acknowledges everything a resumable client sent that an upstream has (a message whose
-    /// write failed, `unsent`, is not one), best effort: a client that does not take it is
-    /// dealt with by the state that follows.
-    async fn acknowledge_client(&mut self) {
-        use futures_util::SinkExt;
-        let held = u64::from(self.unsent.is_some());
-        let Some(ack) = self.resume.as_deref_mut().and_then(|r| r.ack_now(held)) else {
-            return;
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.send(ack)).await;
-    }
-
     /// Sends an upstream data message to the client: as it is, or to a resumable client
     /// enveloped and kept until it acknowledges it (a full buffer is a stalled client).
     pub(crate) async fn send_to_client(
