@@ -64,6 +64,9 @@ pub struct ResumableClient {
 /// How many times in a row a reconnect is tried before giving up, and the longest pause.
 const TRIES: u32 = 50;
 const MAX_PAUSE: Duration = Duration::from_millis(500);
+/// How long one connection attempt (handshake and hello) may take, as the library's
+/// `connectTimeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ResumableClient {
     /// Connects to holdfast at `addr` for `path`, offering `protocols` after
@@ -94,9 +97,20 @@ impl ResumableClient {
         Ok(client)
     }
 
+    /// One connection within `CONNECT_TIMEOUT` (else it counts as a failed try).
+    async fn open(&mut self) -> Result<(), ClientError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.open_now())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Connect(format!(
+                    "no hello within {CONNECT_TIMEOUT:?}"
+                )))
+            })
+    }
+
     /// One connection: the handshake (with the token and count once there is a session),
     /// the hello, and what holdfast has not received resent.
-    async fn open(&mut self) -> Result<(), ClientError> {
+    async fn open_now(&mut self) -> Result<(), ClientError> {
         let mut offer = vec![resume::SUBPROTOCOL.to_owned()];
         if let Some(token) = &self.token {
             offer.push(format!("{}{token}", resume::TOKEN_ENTRY));
