@@ -18,7 +18,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
 
 use crate::procs;
 use crate::{median, size_label};
@@ -300,47 +299,15 @@ async fn idle_memory(
     idle.saturating_sub(base) as f64 * 1024.0 / sessions as f64
 }
 
-/// A relay in front of holdfast that can reset every connection through it at once.
-async fn cutting_relay(
-    target: SocketAddr,
-) -> (SocketAddr, Arc<std::sync::Mutex<CancellationToken>>) {
-    // A backlog for a thousand connections at once, as a load balancer's would be.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind");
-    let listener = socket.listen(4096).expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    let cut = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-    let cuts = cut.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let token = cuts.lock().expect("cut lock").clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    biased;
-                    _ = token.cancelled() => {
-                        let _ = inbound.set_zero_linger();
-                        let _ = outbound.set_zero_linger();
-                    }
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
-}
-
 /// `n` resumable sessions (the Rust client, which reconnects as the library does: at once,
 /// then with growing pauses) through a relay that resets them all at once. Each sends one
 /// message right before the cut and one right after; the line says how long until every
 /// session was re-attached and had both echoes, and how many were lost or duplicated.
 async fn cut_all(dir: &std::path::Path, echo_addr: SocketAddr, n: usize) -> String {
     let holdfast = procs::start_holdfast(dir, echo_addr);
-    let (relay, cut) = cutting_relay(holdfast.addr).await;
+    // The demo's network: a load balancer's stand-in that can reset every connection.
+    let network = holdfast::demo::Network::start(holdfast.addr).await;
+    let relay = network.addr;
     let mut clients = Vec::with_capacity(n);
     while clients.len() < n {
         let batch = 64.min(n - clients.len());
@@ -359,9 +326,8 @@ async fn cut_all(dir: &std::path::Path, echo_addr: SocketAddr, n: usize) -> Stri
             .await
             .expect("send");
     }
-    let token = std::mem::take(&mut *cut.lock().expect("cut lock"));
     let cut_at = Instant::now();
-    token.cancel();
+    network.cut();
     let waits = clients
         .into_iter()
         .enumerate()

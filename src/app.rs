@@ -44,24 +44,8 @@ pub struct AppHandle {
     shared: Arc<Shared>,
 }
 
-/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4096 by
-/// default since Linux 5.4): room for a thousand clients reconnecting at once after a
-/// network blip, where tokio's default of 1024 overflowed and cost them a 1 s SYN retry.
-const BACKLOG: u32 = 4096;
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, BuildError> {
-    let listen = || {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        // As tokio's `TcpListener::bind`: a restart can bind while old connections linger.
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(BACKLOG)
-    };
-    listen().map_err(|source| BuildError::Bind { addr, source })
+    crate::socket::listen(addr).map_err(|source| BuildError::Bind { addr, source })
 }
 
 impl App {

@@ -16,6 +16,24 @@ pub type Plain = Either<TcpStream, crate::ring::RingStream>;
 #[cfg(not(target_os = "linux"))]
 pub type Plain = TcpStream;
 
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`, 4096 by
+/// default since Linux 5.4): room for a thousand clients reconnecting at once after a
+/// network blip, where tokio's default of 1024 overflowed and cost them a 1 s SYN retry.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of `BACKLOG`.
+pub fn listen(addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As tokio's `TcpListener::bind`: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// `tcp` on this thread's ring, if it has one.
 #[cfg(target_os = "linux")]
 pub fn plain(tcp: TcpStream) -> io::Result<Plain> {

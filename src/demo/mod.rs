@@ -12,13 +12,13 @@ use tokio::time::Instant;
 use crate::config;
 
 mod holdfasts;
-mod network;
+pub mod network;
 mod page;
 mod script;
 mod upstream;
 
 use holdfasts::Holdfasts;
-use network::Network;
+pub use network::Network;
 use page::Stage;
 use script::{resumable_scene, script};
 use upstream::DemoUpstream;

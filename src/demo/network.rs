@@ -2,7 +2,8 @@
 //! handshakes are relayed byte for byte to the current holdfast (the way a load balancer
 //! would), and every relayed connection can be cut at once (a reset both ways, as a lost
 //! network does) or sent to another holdfast from now on. With a page to serve, any other
-//! HTTP request goes to it instead.
+//! HTTP request goes to it instead. The tests and the benchmark cut connections with it too
+//! (`Network::start`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How much of a request is looked at to tell a WebSocket handshake from a page request,
 /// and for how long.
@@ -40,22 +42,33 @@ pub fn route(head: &[u8]) -> Option<Route> {
 /// The demo's front door (see the module documentation).
 pub struct Network {
     pub addr: SocketAddr,
-    /// The current connections' cut, replaced by a fresh one at every cut.
-    cut: Mutex<CancellationToken>,
+    /// The current connections' cut and their relay tasks, replaced at every cut.
+    cut: Mutex<(CancellationToken, TaskTracker)>,
     /// Where new WebSocket connections go.
     target: Mutex<SocketAddr>,
 }
 
 impl Network {
-    /// Listens on `listen`, relaying to `target` until told otherwise.
+    /// A relay on a free loopback port in front of `target`, relaying everything.
+    pub async fn start(target: SocketAddr) -> Arc<Network> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (network, listener) = Network::bind(loopback, target)
+            .await
+            .expect("a loopback port for the relay");
+        network.serve(listener, None::<fn(TcpStream) -> std::future::Ready<()>>);
+        network
+    }
+
+    /// Listens on `listen` (with room for a thousand connections at once, as a load
+    /// balancer would have), relaying to `target` until told otherwise.
     pub async fn bind(
         listen: SocketAddr,
         target: SocketAddr,
     ) -> std::io::Result<(Arc<Network>, TcpListener)> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = crate::socket::listen(listen)?;
         let network = Arc::new(Network {
             addr: listener.local_addr()?,
-            cut: Mutex::new(CancellationToken::new()),
+            cut: Mutex::default(),
             target: Mutex::new(target),
         });
         Ok((network, listener))
@@ -84,33 +97,48 @@ impl Network {
                     };
                     match (route, page) {
                         (Route::Page, Some(page)) => page(tcp).await,
-                        _ => this.relay(tcp).await,
+                        _ => this.relay(tcp),
                     }
                 });
             }
         });
     }
 
-    async fn relay(&self, mut inbound: TcpStream) {
-        let cut = self.cut.lock().expect("demo lock").clone();
+    fn relay(&self, mut inbound: TcpStream) {
+        let (cut, tasks) = self.cut.lock().expect("demo lock").clone();
         let target = *self.target.lock().expect("demo lock");
-        let Ok(mut outbound) = TcpStream::connect(target).await else {
-            return;
-        };
-        tokio::select! {
-            biased;
-            _ = cut.cancelled() => {
-                // Reset both ways, as a network that drops does (no close frames).
-                let _ = inbound.set_zero_linger();
-                let _ = outbound.set_zero_linger();
+        tasks.spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                biased;
+                _ = cut.cancelled() => {
+                    // Reset both ways, as a network that drops does (no close frames).
+                    let _ = inbound.set_zero_linger();
+                    let _ = outbound.set_zero_linger();
+                }
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
             }
-            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-        }
+        });
     }
 
     /// Resets every relayed connection now; new ones are relayed as before.
     pub fn cut(&self) {
-        std::mem::take(&mut *self.cut.lock().expect("demo lock")).cancel();
+        let _ = self.cut_started();
+    }
+
+    /// Resets every relayed connection and returns once they are all closed, so nothing
+    /// sent after it goes through an old connection.
+    pub async fn cut_and_wait(&self) {
+        self.cut_started().wait().await;
+    }
+
+    fn cut_started(&self) -> TaskTracker {
+        let (cut, tasks) = std::mem::take(&mut *self.cut.lock().expect("demo lock"));
+        cut.cancel();
+        tasks.close();
+        tasks
     }
 
     /// New WebSocket connections go to `target` from now on.
