@@ -4,6 +4,7 @@
 // Importing this module starts nothing; every process and server it starts is stopped by
 // the returned handles' stop(), and every child is killed when the test process exits.
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -409,4 +410,31 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   test("the holdfast binary is built", () => {
     holdfastBin();
   });
+}
+
+/**
+ * The sidecar rolling update's outcome, as the page or the Node client saw it (`got`: its
+ * 61 messages) and apps A (v1) and B (v2) received it: every echo once and in order, one
+ * switch from v1 to v2, each message at one app once, the opening message replayed to B,
+ * which saw one handshake continuing A's session.
+ */
+export function assertRollingUpdate(got, appA, appB) {
+  const range = (n, f) => Array.from({ length: n }, (_, i) => f(i));
+  assert.equal(got.length, 61);
+  assert.deepEqual(
+    got.slice(0, 60).map((m) => m.replace(/^v[12]:/, "")),
+    range(60, (i) => `alice:c-${i}`),
+    "every echo once, in order",
+  );
+  const versions = got.slice(0, 60).map((m) => m.slice(0, 2));
+  const switchAt = versions.indexOf("v2");
+  assert.ok(switchAt > 20, `v1 answered the start (switch at ${switchAt})`);
+  assert.ok(versions.slice(switchAt).every((v) => v === "v2"), `one switch from v1 to v2: ${versions.join(",")}`);
+  assert.equal(got[60], "v2:alice:version", "after the move the new version answers");
+  assert.deepEqual([...appA.texts(), ...appB.texts()], [...range(60, (i) => `c-${i}`), "version"], "each message reached one app once, in order");
+  assert.equal(appB.messages[0].data, "auth alice", "the opening message was replayed to app B");
+  assert.equal(appB.handshakes.length, 1);
+  assert.equal(appB.handshakes[0].headers["x-holdfast-resume"], "1");
+  assert.equal(appB.handshakes[0].headers["x-holdfast-session"], appA.handshakes[0].headers["x-holdfast-session"]);
+  assert.equal(appB.handshakes[0].url, "/chat?room=7");
 }

@@ -9,27 +9,36 @@ import { setTimeout as sleep } from "node:timers/promises";
 import WS from "ws";
 
 import { HoldfastWebSocket } from "../holdfast.mjs";
-import { cleanups, keyFile, observe, startApp, startHoldfast, startRelay, waitFor } from "./harness.mjs";
+import { assertRollingUpdate, cleanups, keyFile, observe, startApp, startHoldfast, startRelay, waitFor } from "./harness.mjs";
 
 const range = (n, f) => Array.from({ length: n }, (_, i) => f(i));
 const pushes = (seen) => seen.messages.filter((m) => typeof m === "string" && m.startsWith("push-"));
 const echoes = (seen) => seen.messages.filter((m) => typeof m === "string" && !m.startsWith("push-"));
 const url = (relay, path = "/feed") => `ws://127.0.0.1:${relay.port}${path}`;
 
-test("three network cuts while both sides stream: every message once, in order, no close", { timeout: 30_000 }, async (t) => {
+/**
+ * One app, one holdfast (`resume` lines for its [resume]), a relay as the network, and a
+ * HoldfastWebSocket through it (`protocols`, `options` besides `WebSocket`), opened; all
+ * stopped when the test ends.
+ */
+async function onePath(t, { resume = "", protocols = [], options = {} } = {}) {
   const clean = cleanups();
   t.after(() => clean.run());
   const app = await startApp();
   clean.add(() => app.stop());
-  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile() });
+  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile(), resume });
   clean.add(() => holdfast.stop("SIGKILL"));
   const relay = await startRelay(holdfast.port);
   clean.add(() => relay.stop());
-
-  const socket = new HoldfastWebSocket(url(relay), ["chat"], { WebSocket: WS });
+  const socket = new HoldfastWebSocket(url(relay), protocols, { WebSocket: WS, ...options });
   clean.add(() => socket.close());
   const seen = observe(socket);
   await seen.opened;
+  return { app, holdfast, relay, socket, seen };
+}
+
+test("three network cuts while both sides stream: every message once, in order, no close", { timeout: 30_000 }, async (t) => {
+  const { app, relay, socket, seen } = await onePath(t, { protocols: ["chat"] });
   assert.equal(socket.readyState, HoldfastWebSocket.OPEN);
   assert.equal(socket.resumable, true);
   assert.equal(socket.protocol, "chat", "the application's subprotocol, from the hello");
@@ -70,19 +79,7 @@ test("three network cuts while both sides stream: every message once, in order, 
 });
 
 test("binary and text keep their types and bytes; messages sent while resuming go out once, after the resume", { timeout: 20_000 }, async (t) => {
-  const clean = cleanups();
-  t.after(() => clean.run());
-  const app = await startApp();
-  clean.add(() => app.stop());
-  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile() });
-  clean.add(() => holdfast.stop("SIGKILL"));
-  const relay = await startRelay(holdfast.port);
-  clean.add(() => relay.stop());
-
-  const socket = new HoldfastWebSocket(url(relay), [], { WebSocket: WS, retryInitialDelay: 50, retryMaxDelay: 100 });
-  clean.add(() => socket.close());
-  const seen = observe(socket);
-  await seen.opened;
+  const { app, holdfast, relay, socket, seen } = await onePath(t, { options: { retryInitialDelay: 50, retryMaxDelay: 100 } });
   assert.equal(socket.binaryType, "arraybuffer", "ws in Node: arraybuffer semantics");
   assert.equal(socket.protocol, "", "no application subprotocol");
 
@@ -229,24 +226,7 @@ test("a sidecar rolling update: holdfast and app replaced together, the session 
   await waitFor("every echo", () => seen.messages.length >= 61, 15_000);
   await sleep(250);
 
-  const got = seen.messages;
-  assert.equal(got.length, 61);
-  assert.deepEqual(
-    got.slice(0, 60).map((m) => m.replace(/^v[12]:/, "")),
-    range(60, (i) => `alice:c-${i}`),
-    "every echo once, in order",
-  );
-  const versions = got.slice(0, 60).map((m) => m.slice(0, 2));
-  const switchAt = versions.indexOf("v2");
-  assert.ok(switchAt > 20, `v1 answered the start (switch at ${switchAt})`);
-  assert.ok(versions.slice(switchAt).every((v) => v === "v2"), `one switch from v1 to v2: ${versions.join(",")}`);
-  assert.equal(got[60], "v2:alice:version", "after the move the new version answers");
-  assert.deepEqual([...appA.texts(), ...appB.texts()], [...range(60, (i) => `c-${i}`), "version"], "each message reached one app once, in order");
-  assert.equal(appB.messages[0].data, "auth alice", "the opening message was replayed to app B");
-  assert.equal(appB.handshakes.length, 1);
-  assert.equal(appB.handshakes[0].headers["x-holdfast-resume"], "1");
-  assert.equal(appB.handshakes[0].headers["x-holdfast-session"], appA.handshakes[0].headers["x-holdfast-session"]);
-  assert.equal(appB.handshakes[0].url, "/chat?room=7");
+  assertRollingUpdate(seen.messages, appA, appB);
   assert.equal(appB.handshakes[0].headers["sec-websocket-protocol"], "chat", "holdfast.* entries never reach the app");
   assert.deepEqual(seen.resumed.map((r) => r.state), ["moved"]);
   assert.equal(socket.protocol, "chat");
@@ -254,19 +234,8 @@ test("a sidecar rolling update: holdfast and app replaced together, the session 
 });
 
 test("tokens are refreshed (t): a resume after the first token expired works", { timeout: 20_000 }, async (t) => {
-  const clean = cleanups();
-  t.after(() => clean.run());
-  const app = await startApp();
-  clean.add(() => app.stop());
   // client_hold = 1s: tokens are valid for 1 s, refreshed every 500 ms.
-  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile(), resume: 'client_hold = "1s"' });
-  clean.add(() => holdfast.stop("SIGKILL"));
-  const relay = await startRelay(holdfast.port);
-  clean.add(() => relay.stop());
-  const socket = new HoldfastWebSocket(url(relay), [], { WebSocket: WS });
-  clean.add(() => socket.close());
-  const seen = observe(socket);
-  await seen.opened;
+  const { app, relay, socket, seen } = await onePath(t, { resume: 'client_hold = "1s"' });
   for (let i = 0; i < 25; i++) {
     socket.send(`c-${i}`);
     await sleep(100); // 2.5 s: the hello's token has long expired
@@ -281,19 +250,8 @@ test("tokens are refreshed (t): a resume after the first token expired works", {
 });
 
 test("acknowledgements keep a small holdfast buffer flowing: 600 fast pushes, buffer of 20", { timeout: 20_000 }, async (t) => {
-  const clean = cleanups();
-  t.after(() => clean.run());
-  const app = await startApp();
-  clean.add(() => app.stop());
   // holdfast stops reading the upstream while 20 messages wait for the client's ack.
-  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile(), resume: "buffer_messages = 20" });
-  clean.add(() => holdfast.stop("SIGKILL"));
-  const relay = await startRelay(holdfast.port);
-  clean.add(() => relay.stop());
-  const socket = new HoldfastWebSocket(url(relay), [], { WebSocket: WS });
-  clean.add(() => socket.close());
-  const seen = observe(socket);
-  await seen.opened;
+  const { socket, seen } = await onePath(t, { resume: "buffer_messages = 20" });
   socket.send("push 600 0");
   await waitFor("every push", () => pushes(seen).length >= 600, 15_000);
   await sleep(200);
@@ -302,18 +260,7 @@ test("acknowledgements keep a small holdfast buffer flowing: 600 fast pushes, bu
 });
 
 test("a flood while the client is away overflows holdfast's buffer: the give-up close, once", { timeout: 20_000 }, async (t) => {
-  const clean = cleanups();
-  t.after(() => clean.run());
-  const app = await startApp();
-  clean.add(() => app.stop());
-  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile(), resume: "buffer_messages = 20" });
-  clean.add(() => holdfast.stop("SIGKILL"));
-  const relay = await startRelay(holdfast.port);
-  clean.add(() => relay.stop());
-  const socket = new HoldfastWebSocket(url(relay), [], { WebSocket: WS, retryInitialDelay: 20, retryMaxDelay: 50 });
-  clean.add(() => socket.close());
-  const seen = observe(socket);
-  await seen.opened;
+  const { holdfast, relay, socket, seen } = await onePath(t, { resume: "buffer_messages = 20", options: { retryInitialDelay: 20, retryMaxDelay: 50 } });
   socket.send("push 600 1");
   await waitFor("100 pushes", () => pushes(seen).length >= 100, 10_000);
   relay.pointAt(1); // away for 300 ms: the upstream sends far more than 20 messages
