@@ -18,6 +18,7 @@
 //! * `ring`     — the workers' io_uring driver (the crate's unsafe I/O code)
 //! * `metrics`  — every metric name and its typed helper
 //! * `config`   — figment loading, validation into `Config`, `holdfast check` report
+//! * `deflate`  — permessage-deflate: negotiation (pure) and compression contexts
 //! * `resume`   — resumable sessions' tokens and envelopes (pure)
 //! * `tls`      — rustls configs for both hops
 //! * `close`    — the close-code vocabulary
@@ -50,6 +51,7 @@ pub mod ring;
 pub mod socket;
 
 pub mod config;
+pub mod deflate;
 pub mod metrics;
 pub mod resume;
 pub mod tls;
