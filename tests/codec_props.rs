@@ -112,7 +112,7 @@ proptest! {
         } else if len > LONGEST {
             prop_assert!(matches!(parsed, Err(WsError::Capacity(_))), "{:?}", parsed);
         } else {
-            let expected = Header { fin, opcode, mask, len, header_len: bytes.len() };
+            let expected = Header { fin, rsv1: false, opcode, mask, len, header_len: bytes.len() };
             prop_assert_eq!(parsed.unwrap(), Some(expected));
         }
     }

@@ -28,6 +28,8 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub mask: Option<[u8; 4]>,
     /// Payload length.
@@ -49,9 +51,20 @@ impl Header {
 
 /// Parses the frame header at the start of `buf` (`Ok(None)`: not all of it is there yet)
 /// and checks everything that can be checked before the payload: reserved bits and opcodes
-/// (no extension is ever negotiated), control frame rules, masking for `role`, and
-/// `max_frame` — a frame over it is refused before a byte of its payload is buffered.
+/// (no extension negotiated), control frame rules, masking for `role`, and `max_frame` — a
+/// frame over it is refused before a byte of its payload is buffered.
 pub fn parse_header(buf: &[u8], role: Role, max_frame: usize) -> Result<Option<Header>, WsError> {
+    parse_with(buf, role, max_frame, false)
+}
+
+/// `parse_header` on a connection that negotiated permessage-deflate (`deflate`): RSV1 may
+/// then be set on the first frame of a data message, and only there (RFC 7692 §6).
+pub fn parse_with(
+    buf: &[u8],
+    role: Role,
+    max_frame: usize,
+    deflate: bool,
+) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
@@ -66,10 +79,10 @@ pub fn parse_header(buf: &[u8], role: Role, max_frame: usize) -> Result<Option<H
         return Ok(None);
     }
     let protocol = |e| Err(WsError::Protocol(e));
-    if b0 & 0x70 != 0 {
+    let (fin, rsv1, opcode) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x0f);
+    if b0 & 0x30 != 0 || (rsv1 && !(deflate && matches!(opcode, TEXT | BINARY))) {
         return protocol(ProtocolError::NonZeroReservedBits);
     }
-    let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
     let len = match extended {
         2 => u64::from(u16::from_be_bytes([buf[2], buf[3]])),
         8 => u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
@@ -101,6 +114,7 @@ pub fn parse_header(buf: &[u8], role: Role, max_frame: usize) -> Result<Option<H
     let mask = masked.then(|| buf[header_len - 4..header_len].try_into().expect("4 bytes"));
     Ok(Some(Header {
         fin,
+        rsv1,
         opcode,
         mask,
         len: len as usize,
@@ -114,6 +128,12 @@ pub fn too_big(size: u64, max: usize) -> WsError {
         size: usize::try_from(size).unwrap_or(usize::MAX),
         max_size: max,
     })
+}
+
+/// The error for a message with RSV1 set that is not valid deflate data: what RSV1 claimed
+/// is untrue, a protocol error (1002).
+pub fn bad_compressed_data() -> WsError {
+    WsError::Protocol(ProtocolError::NonZeroReservedBits)
 }
 
 /// The error for data frames out of sequence.
@@ -132,6 +152,9 @@ pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: Option<[u8
     let (bytes, n) = header_bytes(opcode, len, mask);
     out.extend_from_slice(&bytes[..n]);
 }
+
+/// RSV1 in a frame's first byte: the message is compressed.
+pub const RSV1: u8 = 0x40;
 
 /// The header of a final frame as bytes: the array and how much of it is the header.
 pub fn header_bytes(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; MAX_HEADER], usize) {
@@ -230,6 +253,23 @@ mod tests {
         assert!(header(&[0x81, 0x00], Role::Client).unwrap().is_some());
         // Reserved bits and opcodes.
         assert!(is_protocol(header(&[0xC1, 0x00], Role::Client)));
+        // RSV1 with permessage-deflate: on a data message's first frame only.
+        let deflate = |bytes: &[u8]| parse_with(bytes, Role::Client, 1 << 20, true);
+        assert!(deflate(&[0xC1, 0x00]).unwrap().unwrap().rsv1);
+        assert!(deflate(&[0x42, 0x00]).unwrap().unwrap().rsv1);
+        assert!(!deflate(&[0x81, 0x00]).unwrap().unwrap().rsv1);
+        for bad in [
+            [0xC0, 0x00],
+            [0xC9, 0x00],
+            [0xC8, 0x00],
+            [0xA1, 0x00],
+            [0x91, 0x00],
+        ] {
+            assert!(
+                matches!(deflate(&bad), Err(WsError::Protocol(_))),
+                "{bad:x?}"
+            );
+        }
         assert!(is_protocol(header(&[0x83, 0x00], Role::Client)));
         assert!(is_protocol(header(&[0x8B, 0x00], Role::Client)));
         // Control frames: final, at most 125 bytes.

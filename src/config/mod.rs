@@ -103,6 +103,17 @@ pub struct WebSocket {
     /// `None` = never.
     pub idle_timeout: Option<Duration>,
     pub allowed_origins: Vec<String>,
+    pub compression: Compression,
+}
+
+/// `[websocket.compression]`: permessage-deflate on each hop.
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    /// Accept it from clients that offer it.
+    pub client: bool,
+    /// Offer it to the upstream.
+    pub upstream: bool,
+    pub settings: crate::deflate::Settings,
 }
 
 #[derive(Debug, Clone)]

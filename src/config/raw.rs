@@ -112,6 +112,7 @@ pub struct RawWebSocket {
     pub ping_interval: String,
     pub idle_timeout: String,
     pub allowed_origins: Vec<String>,
+    pub compression: RawCompression,
 }
 
 impl Default for RawWebSocket {
@@ -122,6 +123,36 @@ impl Default for RawWebSocket {
             ping_interval: "30s".into(),
             idle_timeout: "0s".into(),
             allowed_origins: Vec::new(),
+            compression: RawCompression::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCompression {
+    pub client: bool,
+    pub upstream: bool,
+    pub level: i64,
+    pub min_size: i64,
+    pub server_max_window_bits: i64,
+    pub client_max_window_bits: i64,
+    pub server_no_context_takeover: bool,
+    pub client_no_context_takeover: bool,
+}
+
+impl Default for RawCompression {
+    fn default() -> Self {
+        let d = crate::deflate::Settings::default();
+        Self {
+            client: true,
+            upstream: false,
+            level: d.level.into(),
+            min_size: d.min_size as i64,
+            server_max_window_bits: d.server_max_window_bits.into(),
+            client_max_window_bits: d.client_max_window_bits.into(),
+            server_no_context_takeover: d.server_no_context_takeover,
+            client_no_context_takeover: d.client_no_context_takeover,
         }
     }
 }
@@ -294,6 +325,20 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "ping_interval",
             "idle_timeout",
             "allowed_origins",
+            "compression",
+        ],
+    ),
+    (
+        "websocket.compression",
+        &[
+            "client",
+            "upstream",
+            "level",
+            "min_size",
+            "server_max_window_bits",
+            "client_max_window_bits",
+            "server_no_context_takeover",
+            "client_no_context_takeover",
         ],
     ),
     (

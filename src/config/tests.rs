@@ -27,6 +27,13 @@ fn defaults_are_valid_and_match_the_spec() {
     assert_eq!(c.websocket.max_message_size, 1 << 20);
     assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
     assert_eq!(c.websocket.idle_timeout, None);
+    let compression = c.websocket.compression;
+    assert!(compression.client && !compression.upstream);
+    assert_eq!(compression.settings, crate::deflate::Settings::default());
+    assert_eq!(
+        (compression.settings.level, compression.settings.min_size),
+        (6, 64)
+    );
     assert!(c.restart.hold && c.restart.on_disconnect);
     assert_eq!(c.restart.codes, vec![1012, 1001]);
     assert_eq!(
@@ -310,4 +317,27 @@ fn resume_defaults_and_its_key_file() {
     ))
     .expect("a 48-byte key");
     assert!(c.resume.key.is_some());
+}
+
+#[test]
+fn compression_settings_are_checked_by_key() {
+    assert_eq!(
+        keys(
+            "[websocket.compression]\nlevel = 10\nmin_size = -1\nserver_max_window_bits = 8\nclient_max_window_bits = 16"
+        ),
+        [
+            "websocket.compression.server_max_window_bits",
+            "websocket.compression.client_max_window_bits",
+            "websocket.compression.level",
+            "websocket.compression.min_size",
+        ]
+    );
+    let c = from_toml_str(
+        "[websocket.compression]\nupstream = true\nlevel = 1\nmin_size = 0\nserver_max_window_bits = 9\nclient_no_context_takeover = true",
+    )
+    .unwrap();
+    let s = c.websocket.compression.settings;
+    assert!(c.websocket.compression.upstream);
+    assert_eq!((s.level, s.min_size, s.server_max_window_bits), (1, 0, 9));
+    assert!(s.client_no_context_takeover && !s.server_no_context_takeover);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::raw::{RawCodes, RawConfig, RawSize};
+use super::raw::{RawCodes, RawCompression, RawConfig, RawSize};
 use super::units::{self, endpoint, parse_duration, parse_size, token_source};
 use super::*;
 use crate::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
@@ -180,6 +180,38 @@ impl Checker<'_> {
     }
 }
 
+/// `[websocket.compression]`: zlib's level range, window bits zlib can compress with.
+fn compression(c: &mut Checker, raw: &RawCompression) -> Compression {
+    let key = |name: &str| format!("websocket.compression.{name}");
+    let mut bits = |name: &str, value: i64| {
+        if (9..=15).contains(&value) {
+            value as u8
+        } else {
+            c.problem(
+                &key(name),
+                format!("must be 9-15 (the base-2 logarithm of the window), got {value}"),
+            );
+            15
+        }
+    };
+    let server_max_window_bits = bits("server_max_window_bits", raw.server_max_window_bits);
+    let client_max_window_bits = bits("client_max_window_bits", raw.client_max_window_bits);
+    let level = c.count_within(&key("level"), raw.level, 0, 9) as u8;
+    let min_size = c.count(&key("min_size"), raw.min_size, 0);
+    Compression {
+        client: raw.client,
+        upstream: raw.upstream,
+        settings: crate::deflate::Settings {
+            level,
+            min_size,
+            server_max_window_bits,
+            client_max_window_bits,
+            server_no_context_takeover: raw.server_no_context_takeover,
+            client_no_context_takeover: raw.client_no_context_takeover,
+        },
+    }
+}
+
 /// Validates every key; returns `None` if any problem was reported.
 pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option<Config> {
     let mut c = Checker {
@@ -261,6 +293,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         ping_interval: (!ping.is_zero()).then_some(ping),
         idle_timeout: (!idle.is_zero()).then_some(idle),
         allowed_origins: ws.allowed_origins.clone(),
+        compression: compression(&mut c, &ws.compression),
     };
 
     // [restart]

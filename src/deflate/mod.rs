@@ -12,7 +12,7 @@ pub mod negotiate;
 
 mod context;
 
-pub use context::{Context, Counters};
+pub use context::{Context, Counters, InflateError};
 
 /// Compression settings (`[websocket.compression]`, without the per-hop switches), RFC
 /// 7692's parameter names: `server_*` is the server's end of a hop (holdfast's on the

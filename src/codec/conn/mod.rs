@@ -13,10 +13,16 @@
 //! * **replies never block reading** until they pile up: pongs and close replies are
 //!   written as the socket takes them; past `OUT_HIGH_WATER` bytes, reading waits.
 //!
+//! With permessage-deflate negotiated (`with_deflate`), a compressed message is inflated
+//! whole once its last frame is in (within `max_message`, counted inflated), and a data
+//! message of at least `min_size` bytes is sent compressed as one frame.
+//!
 //! The frame format and every receiver check live in `frame.rs` (pure); here, the state
 //! (`mod.rs`), what a message is (`incoming.rs`), the read path (`read.rs`) and the write
 //! path (`write.rs`).
 
+#[cfg(test)]
+mod deflate_tests;
 mod incoming;
 mod read;
 #[cfg(test)]
@@ -92,6 +98,8 @@ pub struct WsConn<S> {
     out: Vec<u8>,
     written: usize,
     partial: Option<Box<Partial>>,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<Box<crate::deflate::Context>>,
 }
 
 impl<S> WsConn<S> {
@@ -107,6 +115,25 @@ impl<S> WsConn<S> {
             out: Vec::new(),
             written: 0,
             partial: None,
+            deflate: None,
+        }
+    }
+
+    /// The connection with permessage-deflate (`None`: without).
+    pub fn with_deflate(mut self, deflate: Option<crate::deflate::Context>) -> Self {
+        self.deflate = deflate.map(Box::new);
+        self
+    }
+
+    /// What this connection negotiated for permessage-deflate, if it did.
+    pub fn deflate(&self) -> Option<crate::deflate::Params> {
+        self.deflate.as_ref().map(|d| d.params())
+    }
+
+    /// Gives back compression memory unused since the last call (see `deflate::Context`).
+    pub fn release_idle_compression(&mut self) {
+        if let Some(deflate) = &mut self.deflate {
+            deflate.release_idle();
         }
     }
 

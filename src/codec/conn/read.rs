@@ -18,12 +18,15 @@ use super::incoming::{Payload, utf8_text};
 use super::*;
 use crate::close::{PROTOCOL_ERROR, is_sendable};
 use crate::codec::frame::{self, BINARY, CLOSE, CONTINUATION, Header, PING, PONG, Role, TEXT};
+use crate::deflate::InflateError;
 
 /// A fragmented data message being assembled.
 pub(super) struct Partial {
     text: bool,
+    /// RSV1 was set on its first frame: `data` is deflate data, inflated once it is whole.
+    compressed: bool,
     data: Vec<u8>,
-    /// `data[..valid]` is checked UTF-8 (text only).
+    /// `data[..valid]` is checked UTF-8 (text only, uncompressed only).
     valid: usize,
 }
 
@@ -42,6 +45,7 @@ impl<S> WsConn<S> {
     fn takes_inline(&self, h: &Header) -> bool {
         matches!(h.opcode, TEXT | BINARY)
             && h.fin
+            && !h.rsv1
             && h.len <= SMALL_INLINE
             // A limit below the inline size is checked where every other message's is.
             && h.len <= self.limits.max_message
@@ -74,19 +78,25 @@ impl<S> WsConn<S> {
                 let text = h.opcode == TEXT;
                 if !h.fin {
                     let data = payload.as_slice().to_vec();
-                    let valid = if text {
+                    let valid = if text && !h.rsv1 {
                         frame::validate_utf8(&data, 0, false)?
                     } else {
                         0
                     };
-                    self.partial = Some(Box::new(Partial { text, data, valid }));
+                    self.partial = Some(Box::new(Partial {
+                        text,
+                        compressed: h.rsv1,
+                        data,
+                        valid,
+                    }));
                     return Ok(None);
                 }
-                if text {
-                    Ok(Some(Message::Text(utf8_text(payload.into_bytes())?)))
+                let data = if h.rsv1 {
+                    Bytes::from(self.inflate(payload.as_slice())?)
                 } else {
-                    Ok(Some(Message::Binary(payload.into_bytes())))
-                }
+                    payload.into_bytes()
+                };
+                data_message(text, data).map(Some)
             }
             _ => {
                 let partial = self.partial.as_mut().expect("checked above");
@@ -95,21 +105,49 @@ impl<S> WsConn<S> {
                     return Err(frame::too_big(size as u64, max));
                 }
                 partial.data.extend_from_slice(payload.as_slice());
-                if partial.text {
+                if partial.text && !partial.compressed {
                     partial.valid = frame::validate_utf8(&partial.data, partial.valid, h.fin)?;
                 }
                 if !h.fin {
                     return Ok(None);
                 }
-                let Partial { text, data, .. } = *self.partial.take().expect("checked above");
-                let data = Bytes::from(data);
-                Ok(Some(if text {
-                    Message::Text(utf8_text(data)?)
+                let Partial {
+                    text,
+                    compressed,
+                    data,
+                    ..
+                } = *self.partial.take().expect("checked above");
+                let data = if compressed {
+                    Bytes::from(self.inflate(&data)?)
                 } else {
-                    Message::Binary(data)
-                }))
+                    Bytes::from(data)
+                };
+                data_message(text, data).map(Some)
             }
         }
+    }
+
+    /// A compressed message's payload, inflated within `max_message`.
+    fn inflate(&mut self, payload: &[u8]) -> Result<Vec<u8>, WsError> {
+        let max = self.limits.max_message;
+        let deflate = self
+            .deflate
+            .as_deref_mut()
+            .expect("RSV1 is accepted only with a context");
+        deflate.inflate(payload, max).map_err(|e| match e {
+            InflateError::TooBig => frame::too_big(max as u64 + 1, max),
+            InflateError::Corrupt(_) => frame::bad_compressed_data(),
+        })
+    }
+
+    /// Parses the frame header at the start of `buf` under this connection's extensions.
+    fn parse(&self, buf: &[u8]) -> Result<Option<Header>, WsError> {
+        frame::parse_with(
+            buf,
+            self.role,
+            self.limits.max_frame,
+            self.deflate.is_some(),
+        )
     }
 
     /// A close frame from the peer: the first one is answered (with the same code and
@@ -157,7 +195,7 @@ impl<S> WsConn<S> {
         let mut at = 0;
         while at < data.len() {
             let rest = &mut data[at..];
-            let header = frame::parse_header(rest, self.role, self.limits.max_frame)?;
+            let header = self.parse(rest)?;
             let Some(h) = header.filter(|h| rest.len() >= h.frame_len()) else {
                 if let Some(h) = header {
                     self.rbuf.reserve(h.frame_len().min(RESERVE_STEP));
@@ -186,7 +224,7 @@ impl<S> WsConn<S> {
 
     /// Processes the first frame in `rbuf` if it is complete.
     fn frame_from_buffer(&mut self, inline: &mut Inline) -> Result<Step, WsError> {
-        let Some(h) = frame::parse_header(&self.rbuf, self.role, self.limits.max_frame)? else {
+        let Some(h) = self.parse(&self.rbuf)? else {
             return Ok(Step::NeedMore);
         };
         let total = h.frame_len();
@@ -231,6 +269,15 @@ impl<S> WsConn<S> {
             State::ClosedByPeer | State::CloseAcknowledged => WsError::ConnectionClosed,
             _ => WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
         }
+    }
+}
+
+/// A whole data message (text checked for UTF-8).
+fn data_message(text: bool, data: Bytes) -> Result<Message, WsError> {
+    if text {
+        Ok(Message::Text(utf8_text(data)?))
+    } else {
+        Ok(Message::Binary(data))
     }
 }
 
@@ -315,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                     continue;
                 }
             } else {
-                let need = match frame::parse_header(&self.rbuf, self.role, self.limits.max_frame) {
+                let need = match self.parse(&self.rbuf) {
                     Ok(Some(h)) => h.frame_len().saturating_sub(self.rbuf.len()),
                     _ => frame::MAX_HEADER,
                 };

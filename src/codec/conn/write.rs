@@ -52,6 +52,26 @@ impl<S> WsConn<S> {
         }
     }
 
+    /// Queues a data message from `parts`: compressed as one RSV1 frame when
+    /// permessage-deflate is on and the message is at least `min_size`, as it is otherwise.
+    pub(super) fn queue_data(&mut self, opcode: u8, parts: [&[u8]; 2]) {
+        let len = parts[0].len() + parts[1].len();
+        match self.deflate.as_deref_mut() {
+            Some(deflate) if deflate.compresses(len) => {
+                let mut payload = Vec::new();
+                deflate.compress(parts, &mut payload);
+                // RSV1 goes into the header's first byte with the opcode.
+                self.queue_parts(opcode | frame::RSV1, [&payload, &[]]);
+            }
+            _ => self.queue_parts(opcode, parts),
+        }
+    }
+
+    /// Whether a data message of `len` bytes goes out compressed.
+    fn compresses(&self, len: usize) -> bool {
+        self.deflate.as_ref().is_some_and(|d| d.compresses(len))
+    }
+
     /// Queues what a direct write left over: `parts` from byte `taken` on.
     pub(super) fn queue_rest(&mut self, parts: [&[u8]; 2], taken: usize) {
         let out = self.out_tail();
@@ -100,8 +120,8 @@ impl<S> WsConn<S> {
         }
         self.can_send()?;
         match message {
-            Message::Text(t) => self.queue(TEXT, t.as_bytes()),
-            Message::Binary(b) => self.queue(BINARY, b),
+            Message::Text(t) => self.queue_data(TEXT, [&[], t.as_bytes()]),
+            Message::Binary(b) => self.queue_data(BINARY, [&[], b]),
             Message::Ping(b) => self.queue(PING, b),
             Message::Pong(b) => self.queue(PONG, b),
             Message::Close(_) => unreachable!("handled above"),
@@ -189,6 +209,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         let (opcode, payload) = (data.opcode(), data.payload);
         let prefix = kind.as_slice();
         let len = prefix.len() + payload.len();
+        if self.compresses(len) {
+            self.queue_data(opcode, [prefix, payload]);
+            return Poll::Ready(Ok(()));
+        }
         let direct = self.pending_out() == 0
             && (len <= DIRECT_SMALL
                 || (self.io.is_write_vectored()
