@@ -237,6 +237,11 @@ pub fn check_answer<'a>(
 mod tests {
     use super::*;
 
+    /// An offer, the settings, and the response header and parameters expected.
+    type AcceptRow<'a> = (&'a str, &'a Settings, Option<(&'a str, Params)>);
+    /// An answer, the settings, and what it means (`Err(())`: the handshake fails).
+    type AnswerRow<'a> = (&'a [&'a str], &'a Settings, Result<Option<Params>, ()>);
+
     fn settings() -> Settings {
         Settings::default()
     }
@@ -277,7 +282,7 @@ mod tests {
             s.client_no_context_takeover = true;
         });
         #[rustfmt::skip]
-        let table: &[(&str, &Settings, Option<(&str, Params)>)] = &[
+        let table: &[AcceptRow] = &[
             // Firefox: bare offer.
             ("permessage-deflate", &d, Some(("permessage-deflate", params(15, true, 15, true)))),
             // Chrome: client_max_window_bits without a value.
@@ -350,7 +355,7 @@ mod tests {
             "permessage-deflate; server_max_window_bits=10; server_no_context_takeover; client_max_window_bits=12"
         );
         #[rustfmt::skip]
-        let table: &[(&[&str], &Settings, Result<Option<Params>, ()>)] = &[
+        let table: &[AnswerRow] = &[
             (&[], &d, Ok(None)),
             (&["permessage-deflate"], &d, Ok(Some(params(15, true, 15, true)))),
             (&["permessage-deflate; client_max_window_bits=10"], &d, Ok(Some(params(10, true, 15, true)))),
