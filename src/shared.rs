@@ -61,13 +61,14 @@ impl Shared {
 }
 
 /// A returning resumable client, handed to its session's task: its connection (after the
-/// 101, with the bytes hyper read past the request) and how many of the session's messages
-/// it has received.
+/// 101, with the bytes hyper read past the request), how many of the session's messages
+/// it has received, and the compression its new connection negotiated.
 pub struct Attach {
     pub io: ClientIo,
     pub already_read: bytes::Bytes,
     pub received: u64,
     pub peer: SocketAddr,
+    pub deflate: Option<crate::deflate::Context>,
 }
 
 /// The resumable sessions of this process by id, each with the channel its task takes

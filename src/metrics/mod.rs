@@ -20,6 +20,8 @@ pub const SESSIONS_TOTAL: &str = "holdfast_sessions_total";
 pub const HANDSHAKES_REJECTED_TOTAL: &str = "holdfast_handshakes_rejected_total";
 pub const MESSAGES_TOTAL: &str = "holdfast_messages_total";
 pub const BYTES_TOTAL: &str = "holdfast_bytes_total";
+pub const COMPRESSED_BYTES_TOTAL: &str = "holdfast_compressed_bytes_total";
+pub const UNCOMPRESSED_BYTES_TOTAL: &str = "holdfast_uncompressed_bytes_total";
 pub const CLOSE_CODES_TOTAL: &str = "holdfast_close_codes_total";
 pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
 pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
@@ -97,6 +99,15 @@ pub struct Metrics {
     /// slot order; `render` writes the traffic sums into them.
     traffic_series: [Counter; 4],
     traffic: Traffic,
+    /// permessage-deflate's byte counts on the client hop and on the upstream hop.
+    deflate: [crate::deflate::Counters; 2],
+}
+
+/// A hop of a session, for the compression metrics' `hop` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    Client,
+    Upstream,
 }
 
 /// The per-message counters, striped: every worker thread adds to its own cache line, so
@@ -186,6 +197,22 @@ impl Metrics {
                 counter(BYTES_TOTAL, &[("direction", "to_upstream")]),
             ],
             traffic: Traffic::new(),
+            deflate: [Hop::Client, Hop::Upstream].map(|hop| {
+                // What holdfast sends on a hop goes to that hop's peer.
+                let (hop_label, sent, received) = match hop {
+                    Hop::Client => ("client", "to_client", "to_upstream"),
+                    Hop::Upstream => ("upstream", "to_upstream", "to_client"),
+                };
+                let bytes = |name, direction| {
+                    counter(name, &[("direction", direction), ("hop", hop_label)])
+                };
+                crate::deflate::Counters {
+                    sent_compressed: bytes(COMPRESSED_BYTES_TOTAL, sent),
+                    sent_uncompressed: bytes(UNCOMPRESSED_BYTES_TOTAL, sent),
+                    received_compressed: bytes(COMPRESSED_BYTES_TOTAL, received),
+                    received_uncompressed: bytes(UNCOMPRESSED_BYTES_TOTAL, received),
+                }
+            }),
             recorder,
             handle,
         };
@@ -252,6 +279,11 @@ impl Metrics {
         )
         .increment(1);
         self.session_ended(SessionOutcome::Rejected);
+    }
+
+    /// The compression counters of a hop, for its connections' contexts.
+    pub fn deflate_counters(&self, hop: Hop) -> crate::deflate::Counters {
+        self.deflate[hop as usize].clone()
     }
 
     /// One relayed (or delivered) data message.
@@ -346,6 +378,16 @@ fn describe(recorder: &PrometheusRecorder) {
             BYTES_TOTAL,
             Some(Unit::Bytes),
             "Payload bytes relayed, by direction.",
+        ),
+        (
+            COMPRESSED_BYTES_TOTAL,
+            Some(Unit::Bytes),
+            "Payload bytes of permessage-deflate messages on the wire, by direction and hop.",
+        ),
+        (
+            UNCOMPRESSED_BYTES_TOTAL,
+            Some(Unit::Bytes),
+            "The same messages' bytes before compression or after inflating, by direction and hop.",
         ),
         (
             CLOSE_CODES_TOTAL,

@@ -144,8 +144,10 @@ fn returning(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(resume::SUBPROTOCOL),
     );
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let config = shared.config.load_full();
+    // The new connection negotiates compression of its own, whatever the last one had.
+    let deflate = negotiate_deflate(&mut response, req.headers(), &config, &shared);
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = super::limits(&config.websocket);
     let peer = conn.peer;
     let task_shared = shared.clone();
@@ -161,11 +163,11 @@ fn returning(
             return;
         };
         let give_up = || close_message(crate::close::to_wire(config.restart.give_up.clone()));
-        let (io, already_read, close) = match target {
+        let (io, already_read, deflate, close) = match target {
             Err(why) => {
                 tracing::info!(peer = %peer, reason = %why, "resume refused");
                 task_shared.metrics.client_resume("rejected");
-                (io, already_read, session::attach::resume_refused(&why))
+                (io, already_read, deflate, session::attach::resume_refused(&why))
             }
             Ok(Return::Here(session, id, received)) => {
                 let attach = Box::new(Attach {
@@ -173,28 +175,50 @@ fn returning(
                     already_read,
                     received,
                     peer,
+                    deflate,
                 });
                 match session.send(attach).await {
                     Ok(()) => return,
                     Err(gone) => {
                         // The session ended between the lookup and now.
                         tracing::info!(session = %session_name(id), peer = %peer, "resume refused: the session just ended");
-                        let Attach { io, already_read, .. } = *gone.0;
-                        (io, already_read, give_up())
+                        let Attach {
+                            io,
+                            already_read,
+                            deflate,
+                            ..
+                        } = *gone.0;
+                        (io, already_read, deflate, give_up())
                     }
                 }
             }
             Ok(Return::Gone(id) | Return::Move(resume::token::Claims { session: id, .. }, _)) => {
                 tracing::info!(session = %session_name(id), peer = %peer, "resume refused: no such session here");
                 task_shared.metrics.client_resume("expired");
-                (io, already_read, give_up())
+                (io, already_read, deflate, give_up())
             }
         };
         let mut client =
-            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read);
+            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
+                .with_deflate(deflate);
         session::closing::complete_close(&mut client, vec![close]).await;
     });
     response
+}
+
+/// permessage-deflate for the client's connection: the extension in the 101 and the
+/// connection's context, if the client offered what holdfast can honour.
+fn negotiate_deflate(
+    response: &mut Response<Body>,
+    client_headers: &HeaderMap,
+    config: &Config,
+    shared: &Shared,
+) -> Option<crate::deflate::Context> {
+    let (header, context) = super::client_deflate(client_headers, config, &shared.metrics)?;
+    response
+        .headers_mut()
+        .insert(header::SEC_WEBSOCKET_EXTENSIONS, header);
+    Some(context)
 }
 
 /// What a resumable session of this handshake is made with.
@@ -315,6 +339,7 @@ pub async fn accept(
             claims.protocol
         )));
     }
+    let deflate = negotiate_deflate(&mut response, req.headers(), &config, &shared);
     let resume = resumable.then(|| {
         // The client's subprotocol is holdfast's; the application's goes in the hello.
         response.headers_mut().insert(
@@ -371,6 +396,7 @@ pub async fn accept(
             // and the buffer goes before the session starts.
             let (io, already_read) = upgraded;
             crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
+                .with_deflate(deflate)
         };
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));

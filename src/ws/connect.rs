@@ -5,8 +5,10 @@
 //!
 //! What the answer must be is decided by `check_switch` (pure, table-tested): a 101 with
 //! `Upgrade: websocket`, `Connection: upgrade`, the `Sec-WebSocket-Accept` that matches our
-//! key, no extension (holdfast offers none) and either no subprotocol or one the client
-//! offered. Any other status is the upstream's refusal, relayed to the client as it is.
+//! key, no extension but permessage-deflate within holdfast's offer (when
+//! `[websocket.compression] upstream` makes one) and either no subprotocol or one the
+//! client offered. Any other status is the upstream's refusal, relayed to the client as it
+//! is.
 
 use std::time::Duration;
 
@@ -60,10 +62,27 @@ pub async fn connect(
     let result = async {
         let io = upstream::dial_addr(&member.endpoint, member.addr, &config.upstream).await?;
         let key = new_key();
-        let request = template.request(&member.endpoint, resume, &key)?;
+        let compression = config.websocket.compression;
+        let deflate = compression.upstream.then_some(compression.settings);
+        let offer = deflate.map(|settings| crate::deflate::negotiate::offer(&settings));
+        let request = template.request(&member.endpoint, resume, &key, offer.as_deref())?;
         let limits = super::limits(&config.websocket);
         let timeout = config.upstream.connect_timeout;
-        handshake(io, request, &key, template, limits, timeout).await
+        let mut connected = handshake(io, request, &key, template, limits, timeout).await?;
+        if let Some(settings) = deflate {
+            let answer = connected
+                .response
+                .headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            let params = crate::deflate::negotiate::check_answer(answer, &settings)
+                .map_err(HandshakeError::UpstreamProtocol)?;
+            let counters = metrics.deflate_counters(crate::metrics::Hop::Upstream);
+            let context = params.map(|p| crate::deflate::Context::new(p, &settings, counters));
+            connected.socket = connected.socket.with_deflate(context);
+        }
+        Ok(connected)
     }
     .await;
     metrics.upstream_connect(result_label(&result));
@@ -104,6 +123,9 @@ async fn handshake(
     limits: Limits,
     timeout: Duration,
 ) -> Result<Connected, HandshakeError> {
+    let offered = request
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS);
     let exchange = async {
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
@@ -139,7 +161,7 @@ async fn handshake(
                 parts, body,
             ))));
         }
-        check_switch(response.headers(), key, template)
+        check_switch(response.headers(), key, template, offered)
             .map_err(HandshakeError::UpstreamProtocol)?;
         let on_upgrade = hyper::upgrade::on(&mut response);
         let upgraded = match ended {
@@ -191,10 +213,14 @@ async fn read_refusal(mut body: hyper::body::Incoming) -> Bytes {
 
 /// Is this 101 a WebSocket answer to our handshake (RFC 6455 §4.1, the client's checks)?
 /// A subprotocol must be one the client offered; none at all is fine, whatever was offered.
+/// An extension is checked here only for being there at all: without an offer
+/// (`offered_extension` false) it is an error; the answer to an offer is checked by
+/// `deflate::negotiate::check_answer`.
 pub fn check_switch(
     headers: &HeaderMap,
     key: &HeaderValue,
     template: &UpstreamTemplate,
+    offered_extension: bool,
 ) -> Result<(), String> {
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err("101 without Upgrade: websocket".into());
@@ -208,7 +234,7 @@ pub fn check_switch(
         Some(_) => return Err("wrong Sec-WebSocket-Accept".into()),
         None => return Err("101 without Sec-WebSocket-Accept".into()),
     }
-    if headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+    if !offered_extension && headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
         return Err("an extension holdfast did not offer".into());
     }
     let mut chosen = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
@@ -306,14 +332,25 @@ mod tests {
         ];
         for (i, (headers, template, ok)) in table.into_iter().enumerate() {
             assert_eq!(
-                check_switch(&headers, &key, template).is_ok(),
+                check_switch(&headers, &key, template, false).is_ok(),
                 ok,
                 "case {i}: {headers:?}"
             );
         }
         // Nothing offered: a chosen subprotocol is a protocol error.
         let none = template(None);
-        assert!(check_switch(&with(&[("sec-websocket-protocol", "chat")]), &key, &none).is_err());
-        assert!(check_switch(&with(&[]), &key, &none).is_ok());
+        assert!(
+            check_switch(
+                &with(&[("sec-websocket-protocol", "chat")]),
+                &key,
+                &none,
+                false
+            )
+            .is_err()
+        );
+        assert!(check_switch(&with(&[]), &key, &none, false).is_ok());
+        // With an offer, the extension's answer is `deflate::negotiate::check_answer`'s.
+        let deflate = with(&[("sec-websocket-extensions", "permessage-deflate")]);
+        assert!(check_switch(&deflate, &key, &none, true).is_ok());
     }
 }

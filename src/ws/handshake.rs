@@ -60,8 +60,8 @@ pub fn validate_upgrade(
 }
 
 /// Headers never forwarded from the client to the upstream WebSocket: holdfast writes its
-/// own handshake headers (a key of its own), extensions are not negotiated, and holdfast's
-/// own headers cannot be spoofed by a client.
+/// own handshake headers (a key of its own), extensions are negotiated on each hop on its
+/// own, and holdfast's own headers cannot be spoofed by a client.
 const NOT_FORWARDED: &[&str] = &[
     "host",
     "sec-websocket-key",
@@ -153,12 +153,14 @@ impl UpstreamTemplate {
     }
 
     /// The handshake request for `endpoint` with `key` as `Sec-WebSocket-Key`; `resume` > 0
-    /// adds `X-Holdfast-Resume`.
+    /// adds `X-Holdfast-Resume`, `extensions` holdfast's own `Sec-WebSocket-Extensions`
+    /// offer (the client's never goes upstream: each hop negotiates its own).
     pub fn request(
         &self,
         endpoint: &Endpoint,
         resume: u32,
         key: &HeaderValue,
+        extensions: Option<&str>,
     ) -> Result<Request<Empty<Bytes>>, HandshakeError> {
         let mut request = Request::get(self.path_and_query.as_str())
             .body(Empty::new())
@@ -177,6 +179,11 @@ impl UpstreamTemplate {
         self.append_headers(headers);
         if resume > 0 {
             headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
+        }
+        if let Some(offer) = extensions {
+            let offer = HeaderValue::from_str(offer)
+                .map_err(|_| HandshakeError::BadRequest("extension offer is not a header value"))?;
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, offer);
         }
         Ok(request)
     }
@@ -330,7 +337,7 @@ mod tests {
             port: 9000,
         };
         let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
-        let req = t.request(&endpoint, 2, &key).unwrap();
+        let req = t.request(&endpoint, 2, &key, None).unwrap();
         assert_eq!(req.uri(), "/chat?room=1");
         assert_eq!(req.headers()["host"], "127.0.0.1:9000");
         assert_eq!(req.headers()["x-holdfast-resume"], "2");

@@ -13,7 +13,11 @@ pub mod woken;
 
 pub use accept::accept;
 
+use http::header::{self, HeaderMap, HeaderValue};
+
 use crate::config;
+use crate::deflate;
+use crate::metrics::{Hop, Metrics};
 use crate::upstream;
 
 /// An upstream WebSocket connection, over TCP or TLS.
@@ -25,4 +29,29 @@ pub fn limits(ws: &config::WebSocket) -> crate::codec::Limits {
         max_message: ws.max_message_size,
         max_frame: ws.max_frame_size,
     }
+}
+
+/// permessage-deflate on the client hop (`[websocket.compression] client`): the first offer
+/// in the client's `Sec-WebSocket-Extensions` that holdfast honours, as the 101's header
+/// value and the connection's context. `None`: the session goes uncompressed.
+pub fn client_deflate(
+    headers: &HeaderMap,
+    config: &config::Config,
+    metrics: &Metrics,
+) -> Option<(HeaderValue, deflate::Context)> {
+    let compression = &config.websocket.compression;
+    if !compression.client {
+        return None;
+    }
+    let offers = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (response, params) = deflate::negotiate::accept(offers, &compression.settings)?;
+    let value = HeaderValue::from_str(&response).expect("the response is built from ASCII");
+    let counters = metrics.deflate_counters(Hop::Client);
+    Some((
+        value,
+        deflate::Context::new(params, &compression.settings, counters),
+    ))
 }

@@ -223,9 +223,11 @@ export async function startHoldfast({
  *                        connection; the count is the session's (X-Holdfast-Session), so a
  *                        session moved to a new connection of this app continues it
  *   close <code> <why>   closes the connection
- * It records every handshake (headers, url) and every data message, in order.
+ * It records every handshake (headers, url, the permessage-deflate it answered) and every
+ * data message, in order. `deflate`: it accepts permessage-deflate (ws's own, compressing
+ * every message) when offered.
  */
-export async function startApp({ version = "v1" } = {}) {
+export async function startApp({ version = "v1", deflate = false } = {}) {
   const handshakes = [];
   const messages = []; // { session, conn (index in handshakes), data, binary }
   const sessions = new Map();
@@ -233,12 +235,19 @@ export async function startApp({ version = "v1" } = {}) {
     host: "127.0.0.1",
     port: 0,
     handleProtocols: (offered) => (offered.has("chat") ? "chat" : false),
+    perMessageDeflate: deflate ? { threshold: 0 } : false,
   });
   await new Promise((ok) => wss.once("listening", ok));
+  // The answer's extension header, read as ws writes it (before "connection").
+  let answered = "";
+  wss.on("headers", (headers) => {
+    const line = headers.find((h) => h.toLowerCase().startsWith("sec-websocket-extensions:"));
+    answered = line ? line.slice(line.indexOf(":") + 1).trim() : "";
+  });
   let n = 0;
   wss.on("connection", (ws, req) => {
     const conn = handshakes.length;
-    handshakes.push({ headers: { ...req.headers }, url: req.url });
+    handshakes.push({ headers: { ...req.headers }, url: req.url, extensions: answered });
     const id = req.headers["x-holdfast-session"] || `direct-${n++}`;
     let session = sessions.get(id);
     if (!session) {

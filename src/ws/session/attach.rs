@@ -158,7 +158,8 @@ where
                 return false;
             }
         };
-        let mut client = WsConn::new(C::from(io), Role::Server, limits, &attach.already_read);
+        let mut client = WsConn::new(C::from(io), Role::Server, limits, &attach.already_read)
+            .with_deflate(attach.deflate);
         let resume = self
             .resume
             .as_deref_mut()

@@ -117,6 +117,8 @@ pub struct Session<C> {
     pub(crate) protocol: Option<HeaderValue>,
     /// The pool member currently (or last) connected.
     pub(crate) member: Member,
+    /// Whether the current (or last) upstream connection negotiated permessage-deflate.
+    upstream_deflate: bool,
     /// The client's first `replay_first` messages, re-sent to every new upstream.
     pub(crate) replay: Vec<Message>,
     replay_first: u64,
@@ -224,6 +226,7 @@ where
             bucket: TokenBucket::new(rate_limit, now),
             bucket_limit: rate_limit,
             reloads_seen,
+            upstream_deflate: false,
             expires_at: opened.expires_in.map(|d| now + d),
             start: opened
                 .resume
@@ -241,6 +244,7 @@ where
     /// its memory small (it is measured per idle session in the benchmark).
     pub async fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> Report {
         let started = Instant::now();
+        self.upstream_deflate = upstream.deflate().is_some();
         let _active = ActiveSession::new(self.shared.clone());
         let _registered = self
             .resume
@@ -278,6 +282,7 @@ where
                 match Box::pin(self.hold()).await {
                     HoldEnd::Resumed(new) => {
                         upstream = *new;
+                        self.upstream_deflate = upstream.deflate().is_some();
                         self.upstream_keepalive = Keepalive::new();
                         // The held messages are delivered: acknowledged now.
                         self.acknowledge_client().await;
@@ -316,6 +321,7 @@ where
             client_close = ?report.client_close,
             upstream_close = ?report.upstream_close,
             holds = ?report.holds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            compression = compression_label(self.client.deflate().is_some(), self.upstream_deflate),
             "session ended"
         );
         report
@@ -413,6 +419,17 @@ where
         if len >= LARGE_MESSAGE {
             self.shared.memory_freed.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// Which hops of a session compress (permessage-deflate), for its log line: the last
+/// client connection's and the last upstream connection's.
+fn compression_label(client: bool, upstream: bool) -> &'static str {
+    match (client, upstream) {
+        (true, true) => "both",
+        (true, false) => "client",
+        (false, true) => "upstream",
+        (false, false) => "none",
     }
 }
 
