@@ -23,9 +23,9 @@ use crate::procs;
 use crate::{median, size_label};
 
 /// A client's TCP stream that counts the bytes it carries both ways.
-struct Counted {
-    tcp: TcpStream,
-    bytes: Arc<AtomicU64>,
+pub(crate) struct Counted {
+    pub(crate) tcp: TcpStream,
+    pub(crate) bytes: Arc<AtomicU64>,
 }
 
 impl AsyncRead for Counted {

@@ -7,6 +7,7 @@
 //! every session relayed one 256 KiB message, and the resume of held sessions across an
 //! upstream restart (holdfast) — or what a byte relay does then (nginx).
 
+mod compression;
 mod copy;
 mod echo;
 mod library;
@@ -61,6 +62,10 @@ struct Cli {
     /// Only the library clients' table (resumable against plain sessions on holdfast).
     #[arg(long, conflicts_with = "throughput_only")]
     library_only: bool,
+    /// Only the compression table (permessage-deflate on a JSON stream: bytes, CPU per
+    /// echo against uncompressed and against nginx passing it through, memory per session).
+    #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only"])]
+    compression_only: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -166,6 +171,20 @@ async fn run(mut cli: Cli) {
     }
     let dir = tempfile_dir();
     let with_nginx = !cli.no_nginx && procs::nginx_available();
+    if cli.compression_only {
+        let (rounds, seconds) = (cli.rounds, cli.seconds);
+        compression::run(
+            &dir,
+            rounds,
+            seconds,
+            cli.connections,
+            cli.sessions,
+            with_nginx,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let echo_addr: SocketAddr = format!("127.0.0.1:{}", procs::free_port()).parse().unwrap();
     let (echo, _) = procs::start_echo(echo_addr);
     println!(
@@ -293,6 +312,17 @@ async fn run(mut cli: Cli) {
             cli.seconds,
             cli.connections,
             cli.sessions,
+        )
+        .await;
+    }
+    if !cli.throughput_only && !cli.resume_only && !cli.library_only {
+        compression::run(
+            &dir,
+            cli.rounds,
+            cli.seconds,
+            cli.connections,
+            cli.sessions,
+            with_nginx,
         )
         .await;
     }

@@ -199,10 +199,21 @@ pub fn start_holdfast(dir: &Path, upstream: SocketAddr) -> Proc {
 
 /// Like `start_holdfast`, with another build of holdfast (`--baseline`).
 pub fn start_holdfast_binary(binary: &Path, dir: &Path, upstream: SocketAddr) -> Proc {
+    start_holdfast_with(binary, dir, upstream, "")
+}
+
+/// Like `start_holdfast_binary`, with more configuration (`extra`, TOML sections; the
+/// admin listener stays off unless it has an `[admin]` section).
+pub fn start_holdfast_with(binary: &Path, dir: &Path, upstream: SocketAddr, extra: &str) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let config = dir.join(format!("holdfast-{}.toml", addr.port()));
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\naddress = \"\"\n"
+    };
     let text = format!(
-        "[listen]\naddress = \"{addr}\"\nmax_connections = 20000\n[admin]\naddress = \"\"\n[upstream]\nendpoints = [\"ws://{upstream}\"]\n"
+        "[listen]\naddress = \"{addr}\"\nmax_connections = 20000\n{admin}[upstream]\nendpoints = [\"ws://{upstream}\"]\n{extra}"
     );
     std::fs::write(&config, text).expect("write holdfast config");
     let child = Command::new(binary)

@@ -157,12 +157,13 @@ impl Context {
     }
 
     /// Gives back the compressor if nothing was compressed since the last call (the
-    /// session calls this on its keepalive tick). The decompressor stays: the peer may
-    /// still refer to what it holds.
-    pub fn release_idle(&mut self) {
-        if !std::mem::take(&mut self.sent) {
-            self.compressor = None;
+    /// session calls this on its keepalive tick); true if it did. The decompressor stays:
+    /// the peer may still refer to what it holds.
+    pub fn release_idle(&mut self) -> bool {
+        if std::mem::take(&mut self.sent) {
+            return false;
         }
+        self.compressor.take().is_some()
     }
 
     /// Whether a compressor is allocated (for tests and the benchmark's accounting).

@@ -67,8 +67,8 @@ const seen = { opens: 0, closes: [], errors: 0, resuming: [], resumed: [], messa
 let socket = null;
 
 function state() {
-  const { readyState, resumable, protocol, session, binaryType, bufferedAmount } = socket;
-  return { readyState, resumable, protocol, session, binaryType, bufferedAmount };
+  const { readyState, resumable, protocol, session, binaryType, bufferedAmount, extensions } = socket;
+  return { readyState, resumable, protocol, session, binaryType, bufferedAmount, extensions };
 }
 
 function open(url, protocols) {
@@ -286,6 +286,54 @@ browserTest("Chromium: three network cuts while both sides stream — every mess
 
   const closed = await page.evaluate(() => window.app.close(1000, "done"));
   assert.deepEqual(closed, { code: 1000, reason: "done", wasClean: true });
+});
+
+browserTest("Chromium: permessage-deflate through holdfast — the browser's own WebSocket and the library's", async ({ clean, diag, page }) => {
+  const app = await startApp();
+  clean.add(() => app.stop());
+  diag.apps.push(["app", app]);
+  const holdfast = await startHoldfast({ upstreams: [app.port], key: keyFile(), logLevel: LOG_LEVEL });
+  clean.add(() => holdfast.stop("SIGKILL"));
+  diag.holdfasts.push(["holdfast", holdfast]);
+  const where = `ws://127.0.0.1:${holdfast.port}/feed`;
+
+  // The page's own WebSocket: 50 JSON messages of a few hundred bytes, echoed.
+  const plain = await bounded(
+    "the browser's WebSocket",
+    page.evaluate(async (u) => {
+      const ws = new WebSocket(u);
+      await new Promise((ok, fail) => {
+        ws.onopen = ok;
+        ws.onerror = () => fail(new Error("WebSocket error"));
+      });
+      const got = [];
+      ws.onmessage = (e) => got.push(e.data);
+      const sent = Array.from({ length: 50 }, (_, i) =>
+        JSON.stringify({ type: "tick", seq: i, symbol: "ABC", price: 100 + i / 4, exchange: "NASDAQ", meta: { source: "feed-1", flags: ["live", "regular"] } }),
+      );
+      for (const m of sent) ws.send(m);
+      while (got.length < sent.length) await new Promise((r) => setTimeout(r, 10));
+      ws.close(1000);
+      return { extensions: ws.extensions, sent, got };
+    }, where),
+    10_000,
+  );
+  assert.match(plain.extensions, /^permessage-deflate/, "Chromium negotiated permessage-deflate with holdfast");
+  assert.deepEqual(plain.got, plain.sent.map((m) => `v1:-:${m}`), "every echo once, in order");
+  const labels = '{direction="to_upstream",hop="client"}';
+  const compressed = await holdfast.metric(`holdfast_compressed_bytes_total${labels}`);
+  const uncompressed = await holdfast.metric(`holdfast_uncompressed_bytes_total${labels}`);
+  assert.ok(compressed > 0 && compressed < uncompressed / 2, `Chromium's messages: ${compressed} of ${uncompressed} bytes on the wire`);
+
+  // The library on the same browser: its connection negotiates the same, under the envelope.
+  const opened = await page.evaluate((u) => window.app.open(u), where);
+  assert.match(opened.extensions, /^permessage-deflate/, "the library reports its connection's extensions");
+  await page.evaluate(() => window.app.stream(20, 5));
+  await pageWaitFor(page, "20 echoes", (s) => s.messages.length >= 20);
+  const seen = await seenBy(page);
+  assert.deepEqual(seen.messages, range(20, (i) => `v1:-:c-${i}`));
+  const closed = await page.evaluate(() => window.app.close(1000, "done"));
+  assert.equal(closed.code, 1000);
 });
 
 browserTest("Chromium: a holdfast drains behind a load balancer — the session moves to the other one, no close", async ({ clean, diag, page }) => {

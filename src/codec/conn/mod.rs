@@ -130,11 +130,10 @@ impl<S> WsConn<S> {
         self.deflate.as_ref().map(|d| d.params())
     }
 
-    /// Gives back compression memory unused since the last call (see `deflate::Context`).
-    pub fn release_idle_compression(&mut self) {
-        if let Some(deflate) = &mut self.deflate {
-            deflate.release_idle();
-        }
+    /// Gives back compression memory unused since the last call (see `deflate::Context`);
+    /// true if some went back.
+    pub fn release_idle_compression(&mut self) -> bool {
+        self.deflate.as_mut().is_some_and(|d| d.release_idle())
     }
 
     pub fn get_ref(&self) -> &S {

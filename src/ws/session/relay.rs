@@ -192,9 +192,13 @@ where
                 _ = &mut ping, if ping_every.is_some() => {
                     let every = ping_every.unwrap_or_default();
                     ping.get_mut().as_mut().reset(Instant::now() + every);
-                    // A compressor unused for a keepalive interval goes back.
-                    self.client.release_idle_compression();
-                    upstream.release_idle_compression();
+                    // A compressor unused for a keepalive interval goes back (and the
+                    // trimmer hears there is memory to return to the system).
+                    let released = self.client.release_idle_compression()
+                        | upstream.release_idle_compression();
+                    if released {
+                        self.shared.memory_freed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // A peer that has sent nothing (not even a pong) for two intervals is gone.
                     let (client_gone, upstream_gone) =
                         (self.client_keepalive.tick(), self.upstream_keepalive.tick());
