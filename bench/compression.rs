@@ -279,14 +279,19 @@ async fn closed_loop(
     echoes
 }
 
-/// Resident bytes per session for `sessions` compressed sessions on a fresh holdfast with
-/// `extra` configuration: at rest (opened, one short message each), active (right after 20
-/// ticks each: both contexts live) and after activity (past two keepalive intervals: the
-/// compressors given back). Plain sessions' figure alongside.
-async fn memory(dir: &Path, echo_addr: SocketAddr, sessions: usize, extra: &str) -> [f64; 3] {
+/// Resident bytes per session for `sessions` sessions whose clients offer `offer` (none:
+/// plain sessions) on a fresh holdfast with `extra` configuration: at rest (opened, one
+/// short message each), active (right after 20 ticks each: both contexts live) and after
+/// activity (past two keepalive intervals: the compressors given back).
+async fn memory(
+    dir: &Path,
+    echo_addr: SocketAddr,
+    sessions: usize,
+    offer: Option<&str>,
+    extra: &str,
+) -> [f64; 3] {
     let extra = format!("[websocket]\nping_interval = \"{PING}\"\n{extra}");
     let holdfast = procs::start_holdfast_with(&procs::holdfast_binary(), dir, echo_addr, &extra);
-    let offer = Some("permessage-deflate; client_max_window_bits");
     let open = || async {
         let mut client = connect(holdfast.addr, offer, Arc::new(AtomicU64::new(0))).await;
         assert!(echo(&mut client, "hello").await);
@@ -384,22 +389,13 @@ pub async fn run(
 
     // Memory per session: plain sessions for reference, then compressed ones at the
     // defaults and at the small settings.
-    let plain = plain_memory(dir, echo_addr, sessions).await;
-    let defaults = memory(dir, echo_addr, sessions, "").await;
-    let small_windows = memory(
-        dir,
-        echo_addr,
-        sessions,
-        "[websocket.compression]\nserver_max_window_bits = 9\nclient_max_window_bits = 9\n",
-    )
-    .await;
-    let no_takeover = memory(
-        dir,
-        echo_addr,
-        sessions,
-        "[websocket.compression]\nclient_no_context_takeover = true\n",
-    )
-    .await;
+    let plain = memory(dir, echo_addr, sessions, None, "").await;
+    let offer = Some("permessage-deflate; client_max_window_bits");
+    let defaults = memory(dir, echo_addr, sessions, offer, "").await;
+    let small = "[websocket.compression]\nserver_max_window_bits = 9\nclient_max_window_bits = 9\n";
+    let small_windows = memory(dir, echo_addr, sessions, offer, small).await;
+    let no_takeover = "[websocket.compression]\nclient_no_context_takeover = true\n";
+    let no_takeover = memory(dir, echo_addr, sessions, offer, no_takeover).await;
 
     println!();
     println!(
@@ -418,8 +414,10 @@ pub async fn run(
     }
     let kib = |b: f64| b / 1024.0;
     println!(
-        "| RSS / session, {sessions} sessions: plain (no compression) | {:.1} KiB | |",
-        kib(plain)
+        "| RSS / session, {sessions} sessions, plain (no compression): at rest / active / after activity | {:.1} / {:.1} / {:.1} KiB | |",
+        kib(plain[0]),
+        kib(plain[1]),
+        kib(plain[2])
     );
     for (label, [at_rest, active, after]) in [
         ("defaults (windows 15, takeover)", defaults),
@@ -431,29 +429,7 @@ pub async fn run(
             kib(at_rest),
             kib(active),
             kib(after),
-            kib(after - plain)
+            kib(after - plain[2])
         );
     }
-}
-
-/// Resident bytes per plain (uncompressed) idle session, measured as `memory` does.
-async fn plain_memory(dir: &Path, echo_addr: SocketAddr, sessions: usize) -> f64 {
-    let holdfast = procs::start_holdfast(dir, echo_addr);
-    let open = || async {
-        let mut client = connect(holdfast.addr, None, Arc::new(AtomicU64::new(0))).await;
-        assert!(echo(&mut client, "hello").await);
-        client
-    };
-    drop(open().await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let base = procs::rss_kib(holdfast.pid());
-    let mut clients = Vec::with_capacity(sessions);
-    while clients.len() < sessions {
-        let batch = 64.min(sessions - clients.len());
-        clients.extend(futures_util::future::join_all((0..batch).map(|_| open())).await);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = procs::rss_kib(holdfast.pid());
-    drop(clients);
-    idle.saturating_sub(base) as f64 * 1024.0 / sessions as f64
 }
