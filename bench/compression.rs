@@ -282,49 +282,100 @@ async fn closed_loop(
 /// Resident bytes per session for `sessions` sessions whose clients offer `offer` (none:
 /// plain sessions) on a fresh holdfast with `extra` configuration: at rest (opened, one
 /// short message each), active (right after 20 ticks each: both contexts live) and after
-/// activity (past two keepalive intervals: the compressors given back).
+/// activity (past two keepalive intervals: the compressors given back). Each client reads
+/// all along in a task of its own, so it answers holdfast's keepalive pings as a live
+/// client does.
 async fn memory(
     dir: &Path,
     echo_addr: SocketAddr,
     sessions: usize,
-    offer: Option<&str>,
+    offer: Option<&'static str>,
     extra: &str,
 ) -> [f64; 3] {
     let extra = format!("[websocket]\nping_interval = \"{PING}\"\n{extra}");
     let holdfast = procs::start_holdfast_with(&procs::holdfast_binary(), dir, echo_addr, &extra);
-    let open = || async {
-        let mut client = connect(holdfast.addr, offer, Arc::new(AtomicU64::new(0))).await;
-        assert!(echo(&mut client, "hello").await);
-        client
-    };
-    drop(open().await);
+    let addr = holdfast.addr;
+    let mut warm = connect(addr, offer, Arc::new(AtomicU64::new(0))).await;
+    assert!(echo(&mut warm, "hello").await);
+    drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = procs::rss_kib(holdfast.pid());
-    let mut clients = Vec::with_capacity(sessions);
-    while clients.len() < sessions {
-        let batch = 64.min(sessions - clients.len());
-        clients.extend(futures_util::future::join_all((0..batch).map(|_| open())).await);
-    }
+    // Phases: 0 at rest, 1 active, 2 done. Each session reports when it is open and when
+    // its activity is done, reading all the while; 64 open at a time.
+    let (phase, _) = tokio::sync::watch::channel(0u8);
+    let (done, mut reports) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let opening = Arc::new(tokio::sync::Semaphore::new(64));
+    let tasks: Vec<_> = (0..sessions)
+        .map(|i| {
+            let (mut phase, done, opening) = (phase.subscribe(), done.clone(), opening.clone());
+            tokio::spawn(async move {
+                let permit = opening.acquire_owned().await.expect("semaphore");
+                let mut client = connect(addr, offer, Arc::new(AtomicU64::new(0))).await;
+                let mut alive = echo(&mut client, "hello").await;
+                drop(permit);
+                let _ = done.send(());
+                alive = alive && wait_for_phase(&mut client, &mut phase, 1).await;
+                for n in 0..20 {
+                    alive = alive && echo(&mut client, &tick(i * 20 + n)).await;
+                }
+                let _ = done.send(());
+                alive && wait_for_phase(&mut client, &mut phase, 2).await
+            })
+        })
+        .collect();
+    drop(done);
+    all_report(&mut reports, sessions).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let at_rest = procs::rss_kib(holdfast.pid());
-    for chunk in clients.chunks_mut(64) {
-        futures_util::future::join_all(chunk.iter_mut().enumerate().map(|(i, c)| async move {
-            for n in 0..20 {
-                assert!(echo(c, &tick(i * 20 + n)).await);
-            }
-        }))
-        .await;
-    }
+    phase.send_replace(1);
+    all_report(&mut reports, sessions).await;
     let active = procs::rss_kib(holdfast.pid());
     // Two intervals and a margin: every compressor unused for a whole interval is gone,
-    // and holdfast's trimmer has run.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // and holdfast's trimmer has run (a second after the last one went).
+    let mut decay = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        decay.push(procs::rss_kib(holdfast.pid()));
+    }
+    eprintln!("  RSS each second after the activity: {decay:?} KiB");
     let after = procs::rss_kib(holdfast.pid());
+    phase.send_replace(2);
+    let mut alive = 0;
+    for task in tasks {
+        alive += usize::from(task.await.expect("session task"));
+    }
     eprintln!(
-        "  compression memory ({extra:?}): base {base} KiB, at rest {at_rest}, active {active}, after {after}"
+        "  compression memory ({extra:?}): base {base} KiB, at rest {at_rest}, active {active}, after {after}; {alive} of {sessions} sessions lived through it"
     );
-    drop(clients);
+    assert_eq!(alive, sessions, "every session stays open through the measurement");
     [at_rest, active, after].map(|kib| kib.saturating_sub(base) as f64 * 1024.0 / sessions as f64)
+}
+
+/// Waits for a report from each of `sessions` sessions.
+async fn all_report(reports: &mut tokio::sync::mpsc::UnboundedReceiver<()>, sessions: usize) {
+    for _ in 0..sessions {
+        reports.recv().await.expect("every session reports");
+    }
+}
+
+/// Reads (answering pings) until `phase` reaches `until`; false if the session ended.
+async fn wait_for_phase(
+    client: &mut WsConn<Counted>,
+    phase: &mut tokio::sync::watch::Receiver<u8>,
+    until: u8,
+) -> bool {
+    loop {
+        if *phase.borrow_and_update() >= until {
+            return true;
+        }
+        tokio::select! {
+            changed = phase.changed() => if changed.is_err() { return false },
+            message = client.next() => match message {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                _ => return false,
+            },
+        }
+    }
 }
 
 /// Measures everything and prints the compression table.
@@ -396,6 +447,8 @@ pub async fn run(
     let small_windows = memory(dir, echo_addr, sessions, offer, small).await;
     let no_takeover = "[websocket.compression]\nclient_no_context_takeover = true\n";
     let no_takeover = memory(dir, echo_addr, sessions, offer, no_takeover).await;
+    let neither = "[websocket.compression]\nclient_no_context_takeover = true\nserver_no_context_takeover = true\n";
+    let neither = memory(dir, echo_addr, sessions, offer, neither).await;
 
     println!();
     println!(
@@ -423,6 +476,7 @@ pub async fn run(
         ("defaults (windows 15, takeover)", defaults),
         ("server_ and client_max_window_bits = 9", small_windows),
         ("client_no_context_takeover = true", no_takeover),
+        ("both *_no_context_takeover = true", neither),
     ] {
         println!(
             "| RSS / compressed session, {label}: at rest / active / after activity | {:.1} / {:.1} / {:.1} KiB | compression's share after activity: {:.1} KiB |",
