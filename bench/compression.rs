@@ -347,7 +347,10 @@ async fn memory(
     eprintln!(
         "  compression memory ({extra:?}): base {base} KiB, at rest {at_rest}, active {active}, after {after}; {alive} of {sessions} sessions lived through it"
     );
-    assert_eq!(alive, sessions, "every session stays open through the measurement");
+    assert_eq!(
+        alive, sessions,
+        "every session stays open through the measurement"
+    );
     [at_rest, active, after].map(|kib| kib.saturating_sub(base) as f64 * 1024.0 / sessions as f64)
 }
 

@@ -16,6 +16,7 @@
 #                                      # ones (wstest is slow at compression: ~8 minutes)
 #   scripts/autobahn.sh --compression  # all 216 compression cases too (over an hour)
 #   scripts/autobahn.sh --quick        # 1.* to 7.* and 10.* (the protocol cases, ~1 minute)
+#   scripts/autobahn.sh --cases '["12.1.*", "13.1.*"]'   # just these (wstest's patterns)
 #
 # Prints the verdict table (cases per behaviour, per agent) and exits 1 if holdfast is worse
 # than its baseline on any case. Reports land in target/autobahn/.
@@ -26,6 +27,7 @@ protocol='"1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"'
 case "${1:-}" in
   --quick) cases='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]' ;;
   --compression) cases="[$protocol, \"12.*\", \"13.*\"]" ;;
+  --cases) cases="$2" ;;
   # (wstest matches a pattern at the start of a case id: "$" ends it.)
   *) cases="[$protocol, \"12.*.1$\", \"12.*.2$\", \"12.*.3$\", \"12.*.4$\", \"12.*.11$\", \"13.*.1$\", \"13.*.2$\", \"13.*.3$\", \"13.*.4$\", \"13.*.11$\"]" ;;
 esac
