@@ -213,12 +213,18 @@ fn inflate_message(
     max: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), InflateError> {
-    if !inflate_into(decompressor, payload, max, out)? {
-        inflate_into(decompressor, &TAIL, max, out)?;
-    } else {
-        // The peer ended its deflate stream (a final block): the next message starts a
-        // new one.
+    // The peer may end its deflate stream (a final block) within the payload or just
+    // before the tail (a level-0 `Z_FINISH` ends on an empty stored block): either way the
+    // next message starts a new stream.
+    let ended = inflate_into(decompressor, payload, max, out)?
+        || inflate_into(decompressor, &TAIL, max, out)?;
+    if ended {
         decompressor.reset(false);
+    }
+    // A message may be kept (held, replayed, unacknowledged): it must not pin the room it
+    // was inflated into.
+    if out.capacity() > out.len() + out.len() / 8 + 64 {
+        out.shrink_to_fit();
     }
     Ok(())
 }
@@ -232,8 +238,11 @@ fn inflate_into(
     out: &mut Vec<u8>,
 ) -> Result<bool, InflateError> {
     loop {
+        // Room for about what the input may inflate to, then doubling: a small message takes
+        // a small buffer (the output is zeroed before zlib writes it).
         let room = (max + 1).saturating_sub(out.len());
-        let step = room.min(INFLATE_STEP.max(out.len())).max(1);
+        let guess = (input.len() * 4).max(out.len()).max(256);
+        let step = room.min(guess.min(INFLATE_STEP)).max(1);
         let len = out.len();
         out.resize(len + step, 0);
         let (in_before, out_before) = (decompressor.total_in(), decompressor.total_out());
@@ -334,6 +343,41 @@ mod tests {
         // Exactly at the limit is fine.
         let mut receiver = context(takeover());
         assert_eq!(receiver.inflate(&wire, 8 << 20).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn an_inflated_message_holds_no_more_memory_than_its_size() {
+        let (mut sender, mut receiver) = (context(takeover()), context(takeover()));
+        for size in [100usize, 5_000, 200_000] {
+            let message: Vec<u8> = (0..size).map(|i| (i % 7) as u8).collect();
+            let mut wire = Vec::new();
+            sender.compress([b"", &message], &mut wire);
+            let back = receiver.inflate(&wire, 1 << 20).unwrap();
+            assert_eq!(back, message);
+            assert!(
+                back.capacity() <= size + size / 8 + 64,
+                "{size}: {}",
+                back.capacity()
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_that_ends_just_before_the_tail_starts_again_with_the_next_message() {
+        // A level-0 Z_FINISH of an empty message: 01 00 00 ff ff, sent without the tail.
+        let mut finisher = Compress::new_with_window_bits(Compression::new(0), false, 15);
+        let mut ended = Vec::with_capacity(64);
+        finisher
+            .compress_vec(b"", &mut ended, FlushCompress::Finish)
+            .unwrap();
+        assert_eq!(ended, [0x01, 0x00, 0x00, 0xff, 0xff]);
+        ended.truncate(1);
+        let mut receiver = context(takeover());
+        assert_eq!(receiver.inflate(&ended, 1 << 20).unwrap(), b"");
+        // The sender's next message starts a new stream; it must arrive whole.
+        let mut wire = Vec::new();
+        context(takeover()).compress([b"", &json(3)], &mut wire);
+        assert_eq!(receiver.inflate(&wire, 1 << 20).unwrap(), json(3));
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn extensions<'a>(
             let params = parts
                 .filter(|p| !p.is_empty())
                 .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (k.trim(), Some(v.trim().trim_matches('"'))),
+                    Some((k, v)) => (k.trim(), Some(v.trim())),
                     None => (p, None),
                 })
                 .collect();
@@ -50,9 +50,17 @@ fn extensions<'a>(
         })
 }
 
-/// A window-bits value: 8-15, digits only.
+/// A window-bits value: 8-15, digits only, no leading zero, possibly quoted.
 fn window_bits(value: &str) -> Option<u8> {
-    if value.is_empty() || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+    let value = match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => value,
+    };
+    if value.is_empty()
+        || value.len() > 2
+        || value.starts_with('0')
+        || !value.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     value
@@ -174,7 +182,9 @@ pub fn offer(settings: &Settings) -> String {
     if settings.client_no_context_takeover {
         offer.push_str("; client_no_context_takeover");
     }
-    // Always offered: holdfast can compress with any window the upstream asks for (9-15).
+    // Always offered: holdfast can compress with any window the upstream asks for. An
+    // answer of 8 is honoured with a 9-bit compressor: zlib never refers further back than
+    // the window less its lookahead (512 - 262 bytes), which fits in 256.
     offer.push_str("; client_max_window_bits");
     if settings.client_max_window_bits < MAX_WINDOW {
         offer.push_str(&format!("={}", settings.client_max_window_bits));
@@ -201,7 +211,8 @@ pub fn check_answer<'a>(
     }
     let answer = parameters(&params, true)
         .ok_or_else(|| format!("malformed {EXTENSION} answer: {params:?}"))?;
-    // The upstream's window: at most what was asked (absent: 15, or what was asked).
+    // The upstream's window: at most what was asked. An answer without it did not take
+    // up the request, so holdfast inflates with a 15-bit window (which reads any stream).
     let recv_window = match answer.server_max_window_bits {
         Some(n) if n > settings.server_max_window_bits => {
             return Err(format!(
@@ -210,7 +221,7 @@ pub fn check_answer<'a>(
             ));
         }
         Some(n) => n,
-        None => settings.server_max_window_bits,
+        None => MAX_WINDOW,
     };
     if settings.server_no_context_takeover && !answer.server_no_context_takeover {
         return Err("server_no_context_takeover was asked for and not answered".into());
@@ -314,6 +325,8 @@ mod tests {
             ("permessage-deflate; server_max_window_bits", &d, None),
             ("permessage-deflate; server_max_window_bits=16", &d, None),
             ("permessage-deflate; server_max_window_bits=010", &d, None),
+            ("permessage-deflate; server_max_window_bits=09", &d, None),
+            ("permessage-deflate; server_max_window_bits=\"12", &d, None),
             ("permessage-deflate; client_max_window_bits=7", &d, None),
             ("permessage-deflate; client_max_window_bits=abc", &d, None),
             ("permessage-deflate; server_no_context_takeover=1", &d, None),
@@ -365,6 +378,9 @@ mod tests {
                 Ok(Some(params(15, false, 15, false)))),
             (&["permessage-deflate; server_no_context_takeover; server_max_window_bits=10"], &small,
                 Ok(Some(params(12, true, 10, false)))),
+            // Asked for a smaller upstream window and not answered: inflate with 15.
+            (&["permessage-deflate; server_no_context_takeover"], &small, Ok(Some(params(12, true, 15, false)))),
+            (&["permessage-deflate; client_max_window_bits=08"], &d, Err(())),
             // Errors: more than offered, not offered, malformed.
             (&["permessage-deflate; server_max_window_bits=12"], &small, Err(())),
             (&["permessage-deflate; server_max_window_bits=10"], &small, Err(())),

@@ -70,12 +70,18 @@ pub async fn connect(
         let timeout = config.upstream.connect_timeout;
         let mut connected = handshake(io, request, &key, template, limits, timeout).await?;
         if let Some(settings) = deflate {
-            let answer = connected
+            let answer: Vec<&str> = connected
                 .response
                 .headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
-                .filter_map(|v| v.to_str().ok());
+                .map(|v| v.to_str())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    HandshakeError::UpstreamProtocol(
+                        "Sec-WebSocket-Extensions is not visible ASCII".into(),
+                    )
+                })?;
             let params = crate::deflate::negotiate::check_answer(answer, &settings)
                 .map_err(HandshakeError::UpstreamProtocol)?;
             let counters = metrics.deflate_counters(crate::metrics::Hop::Upstream);
