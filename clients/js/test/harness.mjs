@@ -447,3 +447,28 @@ export function assertRollingUpdate(got, appA, appB) {
   assert.equal(appB.handshakes[0].headers["x-holdfast-session"], appA.handshakes[0].headers["x-holdfast-session"]);
   assert.equal(appB.handshakes[0].url, "/chat?room=7");
 }
+
+/**
+ * The three-cuts flow's outcome, as the page or the Node client saw it (`seen`, from
+ * observe() or the page) and the app received it: 100 pushes and 100 echoes, each once and
+ * in order, over one upstream handshake, three resumes that each re-attached, no close, and
+ * (`bufferedAmount`, read from the socket) everything acknowledged.
+ */
+export function assertThreeCuts(seen, app, bufferedAmount) {
+  const range = (n, f) => Array.from({ length: n }, (_, i) => f(i));
+  const pushes = seen.messages.filter((m) => m.startsWith("push-"));
+  const echoes = seen.messages.filter((m) => !m.startsWith("push-"));
+  assert.deepEqual(pushes, range(100, (i) => `push-${i}`), "upstream → client: once, in order");
+  assert.deepEqual(echoes, range(100, (i) => `v1:-:c-${i}`));
+  assert.deepEqual(app.texts(), range(100, (i) => `c-${i}`), "client → upstream: once, in order");
+  assert.equal(app.handshakes.length, 1, "the upstream saw one handshake");
+  assert.equal(seen.resuming.length, 3);
+  assert.deepEqual(
+    seen.resumed.map((r) => r.state),
+    ["attached", "attached", "attached"],
+  );
+  assert.equal(seen.opens, 1);
+  assert.deepEqual(seen.closes, [], "no close across the cuts");
+  assert.equal(seen.errors, 0);
+  assert.equal(bufferedAmount, 0, "everything acknowledged");
+}
