@@ -76,7 +76,9 @@ impl App {
             memory_freed: AtomicBool::new(false),
             resumables: Default::default(),
             process_key: crate::resume::token::Key::of_this_process(),
+            retired_routes: Default::default(),
         });
+        log_routes(&shared.config.load(), &shared.metrics);
         Ok(App {
             listener,
             admin,
@@ -188,6 +190,20 @@ impl App {
     }
 }
 
+/// The routes a configuration serves, in order, and its warnings (a route that can never
+/// match), in the log.
+/// Each route's series start at zero.
+fn log_routes(config: &Config, metrics: &crate::metrics::Metrics) {
+    let names: Vec<&str> = config.routes.iter().map(|r| &*r.name).collect();
+    for name in &names {
+        metrics.prepare_route(name);
+    }
+    tracing::info!(routes = %names.join(", "), "routes, in match order");
+    for warning in &config.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
+}
+
 impl AppHandle {
     /// Re-reads `path` (and the environment). A valid configuration replaces the live one:
     /// new sessions use it and live sessions pick up rewrite rules, policies, endpoints and
@@ -229,6 +245,8 @@ impl AppHandle {
             (None, None) => {}
             _ => needs_restart.push("listen.tls (turning TLS on or off)"),
         }
+        log_routes(&new, &shared.metrics);
+        shared.retire_routes(&old, &new);
         shared.config.store(Arc::new(new));
         // Released after the store: a session that sees the new count reads the new config.
         shared.reloads.fetch_add(1, Ordering::Release);

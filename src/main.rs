@@ -111,6 +111,16 @@ fn main() -> ExitCode {
                 let line = format!("{} = {}", entry.key, entry.value);
                 println!("{line:width$}  # {}", entry.origin);
             }
+            println!("# routes, in the order requests are matched (the first match wins):");
+            for (i, route) in loaded.config.routes.iter().enumerate() {
+                println!("#   {}. {}", i + 1, config::describe_route(route));
+            }
+            if loaded.config.routes.is_empty() {
+                println!("#   (none: every request is answered 404)");
+            }
+            for warning in &loaded.config.warnings {
+                println!("# warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Some(Command::Demo { .. }) => unreachable!("handled above"),

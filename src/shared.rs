@@ -46,9 +46,39 @@ pub struct Shared {
     /// The resume key of this process, for when `resume.key_file` is not set: tokens then
     /// resume sessions only in this process. Kept across reloads.
     pub process_key: Key,
+    /// Routes a reload removed, by name, with their last view: their live sessions keep
+    /// those settings (a route added again under the same name is live once more).
+    pub retired_routes: Mutex<HashMap<Arc<str>, Arc<Config>>>,
 }
 
 impl Shared {
+    /// The settings of route `name` for a live session: the route's view in the live
+    /// configuration, or — the route was removed by a reload — its last one.
+    pub fn route_view(&self, name: &str) -> Option<Arc<Config>> {
+        if let Some(view) = self.config.load().route_view(name) {
+            return Some(view.clone());
+        }
+        self.retired_routes
+            .lock()
+            .expect("retired routes lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Called with the configuration a reload replaces and the one replacing it: the
+    /// routes that disappear are kept as retired, the ones that are back are live again.
+    pub fn retire_routes(&self, old: &Config, new: &Config) {
+        let mut retired = self.retired_routes.lock().expect("retired routes lock");
+        for route in old.routes.iter() {
+            if new.route_view(&route.name).is_none() {
+                retired.insert(route.name.clone(), route.view.clone());
+            }
+        }
+        for route in new.routes.iter() {
+            retired.remove(&route.name);
+        }
+    }
+
     /// The key resume tokens are signed and checked with.
     pub fn resume_key(&self) -> Key {
         self.config

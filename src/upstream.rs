@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,7 +109,9 @@ impl Resolver {
 /// pacing reconnects to each address.
 #[derive(Debug, Default)]
 pub struct Pool {
-    next: AtomicUsize,
+    /// Each route's round-robin cursor (a shared one would let two routes' alternating
+    /// sessions send every session of one route to the same member).
+    next: Mutex<HashMap<String, usize>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
     /// Per address: the `restart.max_reconnecting` it was created with, and its turns.
     turns: Mutex<HashMap<SocketAddr, (usize, Arc<Semaphore>)>>,
@@ -135,10 +136,10 @@ impl Pool {
     /// tried in order.
     pub async fn dial_next(
         &self,
-        endpoints: &[Endpoint],
+        route: &str,
         config: &Upstream,
     ) -> Result<(Endpoint, UpstreamIo), (Endpoint, DialError)> {
-        let endpoint = self.pick(endpoints);
+        let endpoint = self.pick(route, &config.endpoints);
         let mut last = None;
         for addr in self
             .resolver
@@ -158,15 +159,30 @@ impl Pool {
     }
 
     /// The endpoint to try next (no resolution): plain HTTP passthrough uses this.
-    pub fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> &'a Endpoint {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &endpoints[i % endpoints.len()]
+    pub fn pick<'a>(&self, route: &str, endpoints: &'a [Endpoint]) -> &'a Endpoint {
+        &endpoints[self.cursor(route) % endpoints.len()]
+    }
+
+    /// The next round-robin position of `route`'s pool.
+    fn cursor(&self, route: &str) -> usize {
+        let mut next = self.next.lock().expect("pool lock");
+        let cursor = match next.get_mut(route) {
+            Some(cursor) => cursor,
+            None => next.entry(route.to_owned()).or_default(),
+        };
+        *cursor = cursor.wrapping_add(1);
+        *cursor - 1
     }
 
     /// Resolves every endpoint now and returns the members in the order to try them:
     /// round robin, members that failed within `window` last. Names that do not resolve
     /// are logged and left out.
-    pub async fn members(&self, endpoints: &[Endpoint], window: Duration) -> Vec<Member> {
+    pub async fn members(
+        &self,
+        route: &str,
+        endpoints: &[Endpoint],
+        window: Duration,
+    ) -> Vec<Member> {
         let mut members = Vec::new();
         for endpoint in endpoints {
             match self.resolver.resolve(endpoint).await {
@@ -182,7 +198,7 @@ impl Pool {
         if members.is_empty() {
             return members;
         }
-        let cursor = self.next.fetch_add(1, Ordering::Relaxed);
+        let cursor = self.cursor(route);
         let now = Instant::now();
         let mut failed = self.failed.lock().expect("pool lock");
         // A failure older than the window moves no one any more: it is forgotten, so the
@@ -327,12 +343,13 @@ mod tests {
         pool.mark_failed(gone);
         pool.mark_failed(live);
         let hour = Duration::from_secs(3600);
-        pool.members(std::slice::from_ref(&endpoint), hour).await;
+        pool.members("default", std::slice::from_ref(&endpoint), hour)
+            .await;
         assert!(
             pool.is_recently_failed(gone, hour),
             "within the window: kept"
         );
-        pool.members(std::slice::from_ref(&endpoint), Duration::ZERO)
+        pool.members("default", std::slice::from_ref(&endpoint), Duration::ZERO)
             .await;
         assert!(
             pool.failed.lock().unwrap().is_empty(),

@@ -60,10 +60,18 @@ async fn metrics_count_holds_rewrites_policy_closes_and_rejections() {
     let answer = raw_exchange(proxy.addr, bad_version.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
 
-    expect_metric(&proxy, "holdfast_sessions_total{outcome=\"closed\"}", 1.0).await;
+    expect_metric(
+        &proxy,
+        "holdfast_sessions_total{outcome=\"closed\",route=\"default\",protocol=\"http1\"}",
+        1.0,
+    )
+    .await;
     expect_metric(&proxy, "holdfast_sessions_active", 0.0).await;
     for (series, value) in [
-        ("holdfast_holds_total{outcome=\"resumed\"}", 1.0),
+        (
+            "holdfast_holds_total{outcome=\"resumed\",route=\"default\"}",
+            1.0,
+        ),
         ("holdfast_hold_duration_seconds_count", 1.0),
         ("holdfast_upstream_connects_total{result=\"ok\"}", 2.0),
         (
@@ -74,7 +82,10 @@ async fn metrics_count_holds_rewrites_policy_closes_and_rejections() {
             "holdfast_policy_violations_total{policy=\"unspecified\",source=\"upstream\"}",
             1.0,
         ),
-        ("holdfast_handshakes_rejected_total{status=\"426\"}", 1.0),
+        (
+            "holdfast_handshakes_rejected_total{status=\"426\",route=\"default\"}",
+            1.0,
+        ),
         ("holdfast_sessions_total{outcome=\"rejected\"}", 1.0),
         ("holdfast_messages_total{direction=\"to_upstream\"}", 3.0),
         ("holdfast_messages_total{direction=\"to_client\"}", 2.0),

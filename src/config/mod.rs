@@ -5,6 +5,7 @@
 
 pub mod raw;
 mod report;
+pub mod route;
 pub mod units;
 mod validate;
 
@@ -35,6 +36,42 @@ pub struct Config {
     pub rewrites: Vec<RewriteRule>,
     pub shutdown: Shutdown,
     pub resume: Resume,
+    /// The route this is the view of: `default` for the top-level configuration.
+    pub route: Arc<str>,
+    /// The routes in match order, the default route (the top-level sections, when
+    /// `upstream.endpoints` is not empty) last. Empty in a route's own view.
+    pub routes: Arc<[Route]>,
+    /// Problems that do not stop loading (a route that can never match), for the log and
+    /// `holdfast check`.
+    pub warnings: Vec<Problem>,
+}
+
+/// The name of the route made of the top-level sections.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// One route: what it matches, and its view of the configuration — the whole of it, with
+/// this route's `upstream`, `restart`, `policy` and rewrites in place of the top-level ones.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: route::Matcher,
+    pub view: Arc<Config>,
+}
+
+impl Config {
+    /// The route a request for `host` (see `route::request_host`) and `path` takes: the
+    /// first that matches. `None`: no route, and no default route either (a 404).
+    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        route::pick(self.routes.iter().map(|r| &r.matcher), host, path).map(|i| &self.routes[i])
+    }
+
+    /// The live view of the route named `name`, if this configuration has it.
+    pub fn route_view(&self, name: &str) -> Option<&Arc<Config>> {
+        self.routes
+            .iter()
+            .find(|r| &*r.name == name)
+            .map(|r| &r.view)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +293,41 @@ pub struct Loaded {
 /// The environment variables starting with `HOLDFAST_` that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &["config", "log"];
 
+/// One line of `holdfast check` for a route: its name, what it matches, where it goes,
+/// and how its settings differ from the top-level ones.
+pub fn describe_route(route: &Route) -> String {
+    let host = route
+        .matcher
+        .host
+        .as_ref()
+        .map_or("any host".to_owned(), |h| format!("host {h}"));
+    let path = match route.matcher.path_prefix.as_deref() {
+        None | Some("") => "any path".to_owned(),
+        Some(prefix) => format!("path {prefix}"),
+    };
+    let view = &route.view;
+    let endpoints: Vec<String> = view
+        .upstream
+        .endpoints
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    format!(
+        "{}: {host}, {path} -> {} (hold {}, {} rewrite rule{}, {} policy catalog entr{})",
+        route.name,
+        endpoints.join(", "),
+        if view.restart.hold { "on" } else { "off" },
+        view.rewrites.len(),
+        if view.rewrites.len() == 1 { "" } else { "s" },
+        view.policy.catalog.len(),
+        if view.policy.catalog.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+    )
+}
+
 /// Loads `path` (which must exist), then `HOLDFAST_*` environment variables, over the defaults.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     if !path.exists() {
@@ -305,7 +377,7 @@ fn defaults() -> Figment {
 
 fn load_figment(figment: Figment) -> Result<Loaded, ConfigError> {
     let (raw, mut problems) = report::extract(&figment)?;
-    let config = validate::validate(&raw, &mut |key, message| {
+    let mut config = validate::validate(&raw, &mut |key, message| {
         problems.push(Problem {
             key: key.to_owned(),
             message,
@@ -314,6 +386,11 @@ fn load_figment(figment: Figment) -> Result<Loaded, ConfigError> {
     });
     if !problems.is_empty() {
         return Err(ConfigError { problems });
+    }
+    if let Some(config) = &mut config {
+        for warning in &mut config.warnings {
+            warning.origin = report::origin_of(&figment, &warning.key);
+        }
     }
     Ok(Loaded {
         config: config.expect("validation returns a config when it reports no problem"),

@@ -32,7 +32,33 @@ pub struct RawConfig {
     pub rewrite: Vec<RawRewrite>,
     pub shutdown: RawShutdown,
     pub resume: RawResume,
+    pub route: Vec<RawRoute>,
 }
+
+/// One `[[route]]`. Its sections override the top-level ones key by key (`rewrite`
+/// replaces the top-level list), so they stay loose tables here: `validate` lays each over
+/// its top-level section before reading it as that section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Vec<RawRewrite>>,
+}
+
+/// A table of a route's overrides, as written.
+pub type Table = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -307,6 +333,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "rewrite",
             "shutdown",
             "resume",
+            "route",
         ],
     ),
     (
@@ -315,8 +342,8 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("listen.tls", &["cert", "key"]),
     ("admin", &["address"]),
-    ("upstream", &["endpoints", "connect_timeout", "tls"]),
-    ("upstream.tls", &["ca", "server_name"]),
+    ("upstream", UPSTREAM_KEYS),
+    ("upstream.tls", UPSTREAM_TLS_KEYS),
     (
         "websocket",
         &[
@@ -341,37 +368,32 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
             "client_no_context_takeover",
         ],
     ),
+    ("restart", RESTART_KEYS),
+    ("policy", POLICY_KEYS),
+    ("policy.catalog[]", CATALOG_KEYS),
+    ("policy.rate_limit", RATE_LIMIT_KEYS),
+    ("policy.token_expiry", TOKEN_EXPIRY_KEYS),
+    ("rewrite[]", REWRITE_KEYS),
     (
-        "restart",
+        "route[]",
         &[
-            "hold",
-            "codes",
-            "on_disconnect",
-            "max_hold",
-            "backoff_initial",
-            "backoff_max",
-            "buffer_messages",
-            "buffer_bytes",
-            "replay_first",
-            "max_reconnecting",
-            "give_up_code",
-            "give_up_reason",
+            "name",
+            "host",
+            "path_prefix",
+            "upstream",
+            "restart",
+            "policy",
+            "rewrite",
         ],
     ),
-    (
-        "policy",
-        &[
-            "context",
-            "expose_upstream_reason",
-            "catalog",
-            "rate_limit",
-            "token_expiry",
-        ],
-    ),
-    ("policy.catalog[]", &["id", "match", "retry_after", "docs"]),
-    ("policy.rate_limit", &["messages_per_second", "burst"]),
-    ("policy.token_expiry", &["source"]),
-    ("rewrite[]", &["direction", "from", "to", "reason"]),
+    ("route[].upstream", UPSTREAM_KEYS),
+    ("route[].upstream.tls", UPSTREAM_TLS_KEYS),
+    ("route[].restart", RESTART_KEYS),
+    ("route[].policy", POLICY_KEYS),
+    ("route[].policy.catalog[]", CATALOG_KEYS),
+    ("route[].policy.rate_limit", RATE_LIMIT_KEYS),
+    ("route[].policy.token_expiry", TOKEN_EXPIRY_KEYS),
+    ("route[].rewrite[]", REWRITE_KEYS),
     (
         "shutdown",
         &["drain_timeout", "client_code", "client_reason"],
@@ -387,3 +409,32 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+// The sections a route may override have the same keys in a route as at the top level.
+const UPSTREAM_KEYS: &[&str] = &["endpoints", "connect_timeout", "tls"];
+const UPSTREAM_TLS_KEYS: &[&str] = &["ca", "server_name"];
+const RESTART_KEYS: &[&str] = &[
+    "hold",
+    "codes",
+    "on_disconnect",
+    "max_hold",
+    "backoff_initial",
+    "backoff_max",
+    "buffer_messages",
+    "buffer_bytes",
+    "replay_first",
+    "max_reconnecting",
+    "give_up_code",
+    "give_up_reason",
+];
+const POLICY_KEYS: &[&str] = &[
+    "context",
+    "expose_upstream_reason",
+    "catalog",
+    "rate_limit",
+    "token_expiry",
+];
+const CATALOG_KEYS: &[&str] = &["id", "match", "retry_after", "docs"];
+const RATE_LIMIT_KEYS: &[&str] = &["messages_per_second", "burst"];
+const TOKEN_EXPIRY_KEYS: &[&str] = &["source"];
+const REWRITE_KEYS: &[&str] = &["direction", "from", "to", "reason"];

@@ -48,7 +48,7 @@ fn parse_path(path: &str) -> Vec<Seg> {
 }
 
 /// The schema path of a table (`rewrite[]` for every element of `rewrite`).
-fn schema_keys(table_path: &str) -> Option<&'static [&'static str]> {
+pub(super) fn schema_keys(table_path: &str) -> Option<&'static [&'static str]> {
     SCHEMA
         .iter()
         .find(|(p, _)| *p == table_path)
@@ -190,10 +190,14 @@ fn dotted(path: &[String]) -> String {
     key
 }
 
-/// Wrapper so `section` can default the `rewrite` array like any table.
+/// Wrappers so `section` can default the `rewrite` and `route` arrays like any table.
 #[derive(Default, serde::Deserialize)]
 #[serde(transparent)]
 struct Rewrites(Vec<super::raw::RawRewrite>);
+
+#[derive(Default, serde::Deserialize)]
+#[serde(transparent)]
+struct Routes(Vec<super::raw::RawRoute>);
 
 /// Reads the merged data into a `RawConfig`, collecting every problem found on the way.
 /// A file that is not TOML at all is an immediate error (the parser names the line).
@@ -222,6 +226,7 @@ pub fn extract(figment: &Figment) -> Result<(RawConfig, Vec<Problem>), ConfigErr
         rewrite: section::<Rewrites>(figment, "rewrite", &mut problems).0,
         shutdown: section(figment, "shutdown", &mut problems),
         resume: section(figment, "resume", &mut problems),
+        route: section::<Routes>(figment, "route", &mut problems).0,
     };
     Ok((raw, problems))
 }

@@ -341,3 +341,171 @@ fn compression_settings_are_checked_by_key() {
     assert_eq!((s.level, s.min_size, s.server_max_window_bits), (1, 0, 9));
     assert!(s.client_no_context_takeover && !s.server_no_context_takeover);
 }
+
+const TWO_ROUTES: &str = r#"
+[upstream]
+endpoints = ["ws://127.0.0.1:9000"]
+[restart]
+max_hold = "20s"
+codes = [1012]
+[[rewrite]]
+direction = "to_client"
+from = 4000
+to = 1008
+
+[[route]]
+name = "chat"
+host = "chat.example.com"
+path_prefix = "/ws/chat/"
+[route.upstream]
+endpoints = ["ws://127.0.0.1:9100", "ws://127.0.0.1:9101"]
+[route.restart]
+hold = false
+[route.policy.rate_limit]
+messages_per_second = 5
+burst = 10
+[[route.rewrite]]
+direction = "to_client"
+from = "4100-4199"
+to = 1011
+
+[[route]]
+name = "feed"
+path_prefix = "/ws/feed"
+[route.upstream]
+endpoints = ["ws://127.0.0.1:9200"]
+"#;
+
+#[test]
+fn routes_override_their_sections_key_by_key_and_the_top_level_is_the_default() {
+    let c = from_toml_str(TWO_ROUTES).expect("valid");
+    let names: Vec<&str> = c.routes.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["chat", "feed", "default"]);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    let chat = c.route_view("chat").unwrap();
+    assert_eq!(&*chat.route, "chat");
+    assert_eq!(chat.upstream.endpoints.len(), 2);
+    // Overridden keys change; the rest are the top-level ones.
+    assert!(!chat.restart.hold);
+    assert_eq!(chat.restart.max_hold, Duration::from_secs(20));
+    assert_eq!(chat.restart.codes, [1012]);
+    assert_eq!(chat.policy.rate_limit.messages_per_second, 5);
+    assert_eq!(chat.policy.rate_limit.burst, 10);
+    // Its rewrite list replaces the top-level one.
+    assert_eq!(chat.rewrites.len(), 1);
+    assert_eq!(chat.rewrites[0].to, 1011);
+
+    let feed = c.route_view("feed").unwrap();
+    assert_eq!(
+        feed.upstream.endpoints[0].to_string(),
+        "ws://127.0.0.1:9200"
+    );
+    assert!(feed.restart.hold);
+    assert_eq!(
+        feed.rewrites[0].to, 1008,
+        "no list of its own: the top-level one"
+    );
+    assert_eq!(
+        c.route_view("default").unwrap().upstream.endpoints[0].port,
+        9000
+    );
+
+    let picked = |host: Option<&str>, path: &str| c.pick(host, path).map(|r| &*r.name);
+    assert_eq!(picked(Some("chat.example.com"), "/ws/chat"), Some("chat"));
+    assert_eq!(
+        picked(Some("chat.example.com"), "/ws/chatx"),
+        Some("default")
+    );
+    assert_eq!(picked(Some("other"), "/ws/chat"), Some("default"));
+    assert_eq!(picked(None, "/ws/feed/x"), Some("feed"));
+}
+
+#[test]
+fn without_top_level_endpoints_there_is_no_default_route() {
+    let c = from_toml_str(&format!(
+        "{}\n",
+        TWO_ROUTES.replace("endpoints = [\"ws://127.0.0.1:9000\"]", "endpoints = []")
+    ))
+    .expect("valid");
+    let names: Vec<&str> = c.routes.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["chat", "feed"]);
+    assert!(c.pick(Some("other"), "/").is_none());
+    // Without routes, an empty list is still a problem.
+    assert_eq!(keys("[upstream]\nendpoints = []"), ["upstream.endpoints"]);
+    // A route without endpoints of its own needs a default pool to share.
+    assert_eq!(
+        keys("[upstream]\nendpoints = []\n[[route]]\nname = \"a\"\npath_prefix = \"/a\""),
+        ["route[0].upstream.endpoints"]
+    );
+}
+
+#[test]
+fn every_bad_route_value_is_named_by_its_key() {
+    let table = [
+        ("[[route]]\nname = \"\"", "route[0].name"),
+        ("[[route]]\nname = \"a b\"", "route[0].name"),
+        ("[[route]]\nname = \"default\"", "route[0].name"),
+        (
+            "[[route]]\nname = \"a\"\npath_prefix = \"/a\"\n[[route]]\nname = \"a\"\npath_prefix = \"/b\"",
+            "route[1].name",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nhost = \"a.example.com:443\"",
+            "route[0].host",
+        ),
+        (
+            "[[route]]\nname = \"a\"\npath_prefix = \"ws\"",
+            "route[0].path_prefix",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[route.upstream]\nendpoints = [\"http://x:1\"]",
+            "route[0].upstream.endpoints[0]",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[route.restart]\nmax_hold = \"soon\"",
+            "route[0].restart.max_hold",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[route.restart]\nhold = \"yes\"",
+            "route[0].restart.hold",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[route.restart]\ngive_up_code = 1006",
+            "route[0].restart.give_up_code",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[route.policy]\ncontext = \"everywhere\"",
+            "route[0].policy.context",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[[route.policy.catalog]]\nid = \"x\"\nmatch = \"(\"",
+            "route[0].policy.catalog[0].match",
+        ),
+        (
+            "[[route]]\nname = \"a\"\n[[route.rewrite]]\ndirection = \"up\"\nfrom = 4000\nto = 1008",
+            "route[0].rewrite[0].direction",
+        ),
+        ("[[route]]\nname = \"a\"\nport = 1", "route[0].port"),
+        (
+            "[[route]]\nname = \"a\"\n[route.restart]\nholdd = true",
+            "route[0].restart.holdd",
+        ),
+    ];
+    for (toml, key) in table {
+        assert_eq!(keys(toml), [key], "{toml}");
+    }
+}
+
+#[test]
+fn a_route_an_earlier_one_shadows_is_a_warning() {
+    let c = from_toml_str(
+        "[[route]]\nname = \"ws\"\npath_prefix = \"/ws\"\n\
+         [[route]]\nname = \"chat\"\npath_prefix = \"/ws/chat\"\n\
+         [[route]]\nname = \"wsx\"\npath_prefix = \"/wsx\"",
+    )
+    .expect("a warning does not stop loading");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].key, "route[1]");
+    assert!(c.warnings[0].message.contains("`ws`"), "{}", c.warnings[0]);
+}

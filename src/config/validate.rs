@@ -7,7 +7,17 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::raw::{RawCodes, RawCompression, RawConfig, RawSize};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::raw::{
+    RawCodes, RawCompression, RawConfig, RawPolicy, RawRestart, RawRewrite, RawSize, RawUpstream,
+    Table,
+};
+use super::report;
+use super::route::{self, HostPattern, Matcher};
 use super::units::{self, endpoint, parse_duration, parse_size, token_source};
 use super::*;
 use crate::close::{Close, Direction, MAX_REASON_BYTES, RewriteRule, is_sendable};
@@ -22,12 +32,22 @@ const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 struct Checker<'a> {
     report: &'a mut dyn FnMut(&str, String),
     failed: bool,
+    /// Problems that do not stop the configuration from loading (a shadowed route).
+    warnings: Vec<Problem>,
 }
 
 impl Checker<'_> {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.failed = true;
         (self.report)(key, message.into());
+    }
+
+    fn warn(&mut self, key: &str, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            key: key.to_owned(),
+            message: message.into(),
+            origin: None,
+        });
     }
 
     fn duration(&mut self, key: &str, text: &str) -> Duration {
@@ -217,6 +237,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     let mut c = Checker {
         report,
         failed: false,
+        warnings: Vec::new(),
     };
 
     // [listen]
@@ -249,31 +270,14 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
             .then(|| c.address("admin.address", &raw.admin.address)),
     };
 
-    // [upstream]
-    let mut endpoints = Vec::new();
-    if raw.upstream.endpoints.is_empty() {
-        c.problem(
-            "upstream.endpoints",
-            "needs at least one ws:// or wss:// endpoint",
-        );
-    }
-    for (i, text) in raw.upstream.endpoints.iter().enumerate() {
-        match endpoint(text) {
-            Ok(e) => endpoints.push(e),
-            Err(e) => c.problem(&format!("upstream.endpoints[{i}]"), e),
-        }
-    }
-    let upstream_tls = raw.upstream.tls.clone().unwrap_or_default();
-    let client_tls = match tls::client_config(upstream_tls.ca.as_deref().map(std::path::Path::new))
-    {
-        Ok(config) => Some(config),
-        Err(e) => {
-            c.problem("upstream.tls.ca", e);
-            None
-        }
-    };
-    let connect_timeout =
-        c.positive_duration("upstream.connect_timeout", &raw.upstream.connect_timeout);
+    // [upstream], [restart], [policy], [[rewrite]]: the default route's settings.
+    // No top-level endpoints is allowed when routes carry the pools: then there is no
+    // default route, and a request no route matches gets a 404.
+    let has_default = !raw.upstream.endpoints.is_empty() || raw.route.is_empty();
+    let upstream = upstream(&mut c, "", &raw.upstream, has_default);
+    let restart = restart(&mut c, "", &raw.restart);
+    let policy = policy(&mut c, "", &raw.policy);
+    let rewrites = rewrites(&mut c, "", &raw.rewrite);
 
     // [websocket]
     let ws = &raw.websocket;
@@ -295,147 +299,6 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         allowed_origins: ws.allowed_origins.clone(),
         compression: compression(&mut c, &ws.compression),
     };
-
-    // [restart]
-    let r = &raw.restart;
-    let mut codes = Vec::new();
-    for (i, code) in r.codes.iter().enumerate() {
-        let key = format!("restart.codes[{i}]");
-        if *code == i64::from(crate::close::POLICY_VIOLATION) {
-            c.problem(&key, "1008 is a policy close and never triggers a hold");
-            continue;
-        }
-        codes.extend(c.matchable_code(&key, *code));
-    }
-    let restart = Restart {
-        hold: r.hold,
-        codes,
-        on_disconnect: r.on_disconnect,
-        max_hold: c.positive_duration("restart.max_hold", &r.max_hold),
-        backoff_initial: c.duration("restart.backoff_initial", &r.backoff_initial),
-        backoff_max: c.duration("restart.backoff_max", &r.backoff_max),
-        buffer_messages: c.count("restart.buffer_messages", r.buffer_messages, 0),
-        buffer_bytes: usize::try_from(parse_size(&r.buffer_bytes).unwrap_or_else(|e| {
-            c.problem("restart.buffer_bytes", e);
-            0
-        }))
-        .unwrap_or(usize::MAX),
-        replay_first: c.count("restart.replay_first", r.replay_first, 0),
-        max_reconnecting: c.count_within(
-            "restart.max_reconnecting",
-            r.max_reconnecting,
-            0,
-            MAX_RECONNECTING,
-        ),
-        give_up: Close::new(
-            c.sendable_code("restart.give_up_code", r.give_up_code),
-            c.reason("restart.give_up_reason", &r.give_up_reason),
-        ),
-    };
-    if restart.backoff_initial > restart.backoff_max {
-        c.problem(
-            "restart.backoff_initial",
-            format!(
-                "{} is greater than restart.backoff_max ({})",
-                r.backoff_initial, r.backoff_max
-            ),
-        );
-    }
-
-    // [policy]
-    let p = &raw.policy;
-    let context = match p.context.as_str() {
-        "reason" => ContextMode::Reason,
-        "message" => ContextMode::Message,
-        "both" => ContextMode::Both,
-        "none" => ContextMode::None,
-        other => {
-            c.problem(
-                "policy.context",
-                format!("`{other}` must be one of \"reason\", \"message\", \"both\", \"none\""),
-            );
-            ContextMode::None
-        }
-    };
-    let mut catalog = Vec::new();
-    for (i, entry) in p.catalog.iter().enumerate() {
-        let key = |field: &str| format!("policy.catalog[{i}].{field}");
-        if entry.id.is_empty() {
-            c.problem(&key("id"), "must not be empty");
-        }
-        let pattern = match Regex::new(&entry.pattern) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                c.problem(&key("match"), format!("not a valid regex: {e}"));
-                None
-            }
-        };
-        let retry_after = entry
-            .retry_after
-            .as_ref()
-            .map(|t| c.duration(&key("retry_after"), t));
-        if let Some(pattern) = pattern {
-            catalog.push(CatalogEntry {
-                id: entry.id.clone(),
-                pattern,
-                retry_after,
-                docs: entry.docs.clone(),
-            });
-        }
-    }
-    let rate = |c: &mut Checker, key: &str, v: i64| -> u32 {
-        u32::try_from(v).unwrap_or_else(|_| {
-            c.problem(key, format!("must be between 0 and {}, got {v}", u32::MAX));
-            0
-        })
-    };
-    let rate_limit = RateLimit {
-        messages_per_second: rate(
-            &mut c,
-            "policy.rate_limit.messages_per_second",
-            p.rate_limit.messages_per_second,
-        ),
-        burst: rate(&mut c, "policy.rate_limit.burst", p.rate_limit.burst),
-    };
-    let token_expiry = token_source(&p.token_expiry.source).unwrap_or_else(|e| {
-        c.problem("policy.token_expiry.source", e);
-        None
-    });
-    let policy = Policy {
-        context,
-        expose_upstream_reason: p.expose_upstream_reason,
-        catalog,
-        rate_limit,
-        token_expiry,
-    };
-
-    // [[rewrite]]
-    let mut rewrites = Vec::new();
-    for (i, rule) in raw.rewrite.iter().enumerate() {
-        let key = |field: &str| format!("rewrite[{i}].{field}");
-        let direction = match rule.direction.as_str() {
-            "to_client" => Some(Direction::ToClient),
-            "to_upstream" => Some(Direction::ToUpstream),
-            other => {
-                c.problem(
-                    &key("direction"),
-                    format!("`{other}` must be \"to_client\" or \"to_upstream\""),
-                );
-                None
-            }
-        };
-        let from = c.code_range(&key("from"), &rule.from);
-        let to = c.sendable_code(&key("to"), rule.to);
-        let reason = rule.reason.as_ref().map(|r| c.reason(&key("reason"), r));
-        if let (Some(direction), Some(from)) = (direction, from) {
-            rewrites.push(RewriteRule {
-                direction,
-                from,
-                to,
-                reason,
-            });
-        }
-    }
 
     // [shutdown]
     let s = &raw.shutdown;
@@ -467,23 +330,451 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         key_file,
     };
 
+    // [[route]]
+    let routes = routes(&mut c, raw, has_default);
+
     if c.failed {
         return None;
     }
-    Some(Config {
+    let top = Config {
         listen,
         admin,
-        upstream: Upstream {
-            endpoints,
-            connect_timeout,
-            tls: client_tls?,
-            server_name: upstream_tls.server_name,
-        },
+        upstream: upstream?,
         websocket,
         restart,
         policy,
         rewrites,
         shutdown,
         resume,
+        route: Arc::from(DEFAULT_ROUTE),
+        routes: Arc::from([]),
+        warnings: std::mem::take(&mut c.warnings),
+    };
+    // Each route's view: the whole configuration with the route's sections in place.
+    let mut built: Vec<Route> = routes
+        .into_iter()
+        .map(|r| Route {
+            view: Arc::new(Config {
+                upstream: r.upstream,
+                restart: r.restart,
+                policy: r.policy,
+                rewrites: r.rewrites,
+                route: r.name.clone(),
+                warnings: Vec::new(),
+                ..top.clone()
+            }),
+            name: r.name,
+            matcher: r.matcher,
+        })
+        .collect();
+    if has_default {
+        built.push(Route {
+            name: Arc::from(DEFAULT_ROUTE),
+            matcher: Matcher::default(),
+            view: Arc::new(Config {
+                warnings: Vec::new(),
+                ..top.clone()
+            }),
+        });
+    }
+    Some(Config {
+        routes: built.into(),
+        ..top
     })
+}
+
+/// A route as validated, before its view is built.
+struct RouteParts {
+    name: Arc<str>,
+    matcher: Matcher,
+    upstream: Upstream,
+    restart: Restart,
+    policy: Policy,
+    rewrites: Vec<RewriteRule>,
+}
+
+/// The longest route name: it is a metric label value.
+const MAX_ROUTE_NAME: usize = 64;
+/// More routes than this is a generated file gone wrong (and a metric label's values).
+const MAX_ROUTES: usize = 256;
+
+/// `[[route]]`: names, matchers, and each overridden section laid over the top-level one.
+/// A route that an earlier one leaves nothing to match is a warning, not an error.
+fn routes(c: &mut Checker, raw: &RawConfig, has_default: bool) -> Vec<RouteParts> {
+    if raw.route.len() > MAX_ROUTES {
+        c.problem(
+            "route",
+            format!("{} routes; at most {MAX_ROUTES}", raw.route.len()),
+        );
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut parts = Vec::new();
+    for (i, r) in raw.route.iter().enumerate() {
+        let at = format!("route[{i}].");
+        let key = |name: &str| format!("{at}{name}");
+        if r.name.is_empty()
+            || r.name.len() > MAX_ROUTE_NAME
+            || !r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            c.problem(
+                &key("name"),
+                format!(
+                    "`{}` must be 1-{MAX_ROUTE_NAME} letters, digits, `_`, `-` or `.` \
+                     (it names the route in metrics and logs)",
+                    r.name
+                ),
+            );
+        } else if r.name == DEFAULT_ROUTE {
+            c.problem(
+                &key("name"),
+                "`default` is the top-level sections' route; name this one otherwise",
+            );
+        } else if let Some(first) = names.iter().position(|n| *n == r.name) {
+            c.problem(
+                &key("name"),
+                format!("`{}` is already the name of route[{first}]", r.name),
+            );
+        }
+        names.push(&r.name);
+        let host = r.host.as_deref().and_then(|h| {
+            HostPattern::parse(h)
+                .map_err(|e| c.problem(&key("host"), e))
+                .ok()
+        });
+        let path_prefix = r.path_prefix.as_deref().and_then(|p| {
+            route::parse_prefix(p)
+                .map_err(|e| c.problem(&key("path_prefix"), e))
+                .ok()
+        });
+        let matcher = Matcher { host, path_prefix };
+        let upstream_raw = route_section(c, &at, "upstream", &raw.upstream, &r.upstream);
+        let restart_raw = route_section(c, &at, "restart", &raw.restart, &r.restart);
+        let policy_raw = route_section(c, &at, "policy", &raw.policy, &r.policy);
+        let upstream = upstream_raw.and_then(|u| {
+            if u.endpoints.is_empty() && !has_default {
+                c.problem(
+                    &key("upstream.endpoints"),
+                    "needs at least one ws:// or wss:// endpoint (there is no top-level \
+                     [upstream] to share)",
+                );
+                return None;
+            }
+            upstream(c, &at, &u, true)
+        });
+        let restart = restart_raw.map(|r| restart(c, &at, &r));
+        let policy = policy_raw.map(|p| policy(c, &at, &p));
+        let rewrites = match &r.rewrite {
+            Some(list) => rewrites(c, &at, list),
+            None => rewrites(c, "", &raw.rewrite),
+        };
+        if let (Some(upstream), Some(restart), Some(policy)) = (upstream, restart, policy) {
+            parts.push(RouteParts {
+                name: Arc::from(r.name.as_str()),
+                matcher,
+                upstream,
+                restart,
+                policy,
+                rewrites,
+            });
+        }
+    }
+    if !c.failed {
+        let matchers: Vec<Matcher> = parts.iter().map(|p| p.matcher.clone()).collect();
+        for (j, earlier) in route::shadowed(&matchers).into_iter().enumerate() {
+            if let Some(i) = earlier {
+                c.warn(
+                    &format!("route[{j}]"),
+                    format!(
+                        "`{}` can never match: route[{i}] (`{}`) comes first and matches \
+                         every request it would",
+                        parts[j].name, parts[i].name
+                    ),
+                );
+            }
+        }
+    }
+    parts
+}
+
+/// A route's section: the top-level one, with the route's table (if any) laid over it.
+fn route_section<T: Clone + Serialize + DeserializeOwned>(
+    c: &mut Checker,
+    at: &str,
+    name: &str,
+    base: &T,
+    over: &Option<Table>,
+) -> Option<T> {
+    match over {
+        None => Some(base.clone()),
+        // Keys the schema does not know are left out: the unknown-key walk reported them.
+        Some(over) => lay_over(
+            c,
+            &format!("{at}{name}"),
+            base,
+            known_only(over, &format!("route[].{name}")),
+        ),
+    }
+}
+
+/// `table` without the keys the schema does not know at `schema` (nested tables too).
+fn known_only(table: &Table, schema: &str) -> Table {
+    let known = report::schema_keys(schema).unwrap_or(&[]);
+    let known_value = |value: &serde_json::Value, schema: &str| match value {
+        serde_json::Value::Object(t) if report::schema_keys(schema).is_some() => {
+            serde_json::Value::Object(known_only(t, schema))
+        }
+        other => other.clone(),
+    };
+    table
+        .iter()
+        .filter(|(k, _)| known.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let child = format!("{schema}.{k}");
+            let v = match v {
+                serde_json::Value::Array(items) => {
+                    let element = format!("{child}[]");
+                    serde_json::Value::Array(
+                        items.iter().map(|i| known_value(i, &element)).collect(),
+                    )
+                }
+                other => known_value(other, &child),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// `base` with `over`'s keys laid over it (tables merged key by key, anything else
+/// replaced). A value of the wrong type is reported at its own key.
+fn lay_over<T: Serialize + DeserializeOwned>(
+    c: &mut Checker,
+    key: &str,
+    base: &T,
+    over: Table,
+) -> Option<T> {
+    let merged = |over: &Table| {
+        let mut value = serde_json::to_value(base).expect("a raw section serializes");
+        merge(&mut value, over);
+        serde_json::from_value::<T>(value)
+    };
+    match merged(&over) {
+        Ok(section) => Some(section),
+        Err(error) => {
+            // Name the key: the first override that fails on its own.
+            let culprit = over.iter().find_map(|(k, v)| {
+                let one = Table::from_iter([(k.clone(), v.clone())]);
+                merged(&one).err().map(|e| (k.clone(), e))
+            });
+            match culprit {
+                Some((k, e)) => c.problem(&format!("{key}.{k}"), e.to_string()),
+                None => c.problem(key, error.to_string()),
+            }
+            None
+        }
+    }
+}
+
+fn merge(value: &mut serde_json::Value, over: &Table) {
+    let serde_json::Value::Object(base) = value else {
+        return;
+    };
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(existing @ serde_json::Value::Object(_)), serde_json::Value::Object(inner)) => {
+                merge(existing, inner)
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// `[upstream]` (or a route's): endpoints, timeout, TLS. `required`: an empty endpoint list
+/// is a problem (it is not at the top level when the routes carry every pool).
+fn upstream(c: &mut Checker, at: &str, raw: &RawUpstream, required: bool) -> Option<Upstream> {
+    let key = |name: &str| format!("{at}upstream.{name}");
+    let mut endpoints = Vec::new();
+    if raw.endpoints.is_empty() && required {
+        c.problem(
+            &key("endpoints"),
+            "needs at least one ws:// or wss:// endpoint",
+        );
+    }
+    for (i, text) in raw.endpoints.iter().enumerate() {
+        match endpoint(text) {
+            Ok(e) => endpoints.push(e),
+            Err(e) => c.problem(&format!("{at}upstream.endpoints[{i}]"), e),
+        }
+    }
+    let upstream_tls = raw.tls.clone().unwrap_or_default();
+    let client_tls = match tls::client_config(upstream_tls.ca.as_deref().map(std::path::Path::new))
+    {
+        Ok(config) => Some(config),
+        Err(e) => {
+            c.problem(&key("tls.ca"), e);
+            None
+        }
+    };
+    let connect_timeout = c.positive_duration(&key("connect_timeout"), &raw.connect_timeout);
+    Some(Upstream {
+        endpoints,
+        connect_timeout,
+        tls: client_tls?,
+        server_name: upstream_tls.server_name,
+    })
+}
+
+/// `[restart]` (or a route's).
+fn restart(c: &mut Checker, at: &str, r: &RawRestart) -> Restart {
+    let key = |name: &str| format!("{at}restart.{name}");
+    let mut codes = Vec::new();
+    for (i, code) in r.codes.iter().enumerate() {
+        let key = format!("{at}restart.codes[{i}]");
+        if *code == i64::from(crate::close::POLICY_VIOLATION) {
+            c.problem(&key, "1008 is a policy close and never triggers a hold");
+            continue;
+        }
+        codes.extend(c.matchable_code(&key, *code));
+    }
+    let restart = Restart {
+        hold: r.hold,
+        codes,
+        on_disconnect: r.on_disconnect,
+        max_hold: c.positive_duration(&key("max_hold"), &r.max_hold),
+        backoff_initial: c.duration(&key("backoff_initial"), &r.backoff_initial),
+        backoff_max: c.duration(&key("backoff_max"), &r.backoff_max),
+        buffer_messages: c.count(&key("buffer_messages"), r.buffer_messages, 0),
+        buffer_bytes: usize::try_from(parse_size(&r.buffer_bytes).unwrap_or_else(|e| {
+            c.problem(&key("buffer_bytes"), e);
+            0
+        }))
+        .unwrap_or(usize::MAX),
+        replay_first: c.count(&key("replay_first"), r.replay_first, 0),
+        max_reconnecting: c.count_within(
+            &key("max_reconnecting"),
+            r.max_reconnecting,
+            0,
+            MAX_RECONNECTING,
+        ),
+        give_up: Close::new(
+            c.sendable_code(&key("give_up_code"), r.give_up_code),
+            c.reason(&key("give_up_reason"), &r.give_up_reason),
+        ),
+    };
+    if restart.backoff_initial > restart.backoff_max {
+        c.problem(
+            &key("backoff_initial"),
+            format!(
+                "{} is greater than {} ({})",
+                r.backoff_initial,
+                key("backoff_max"),
+                r.backoff_max
+            ),
+        );
+    }
+    restart
+}
+
+/// `[policy]` (or a route's).
+fn policy(c: &mut Checker, at: &str, p: &RawPolicy) -> Policy {
+    let key = |name: &str| format!("{at}policy.{name}");
+    let context = match p.context.as_str() {
+        "reason" => ContextMode::Reason,
+        "message" => ContextMode::Message,
+        "both" => ContextMode::Both,
+        "none" => ContextMode::None,
+        other => {
+            c.problem(
+                &key("context"),
+                format!("`{other}` must be one of \"reason\", \"message\", \"both\", \"none\""),
+            );
+            ContextMode::None
+        }
+    };
+    let mut catalog = Vec::new();
+    for (i, entry) in p.catalog.iter().enumerate() {
+        let key = |field: &str| format!("{at}policy.catalog[{i}].{field}");
+        if entry.id.is_empty() {
+            c.problem(&key("id"), "must not be empty");
+        }
+        let pattern = match Regex::new(&entry.pattern) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                c.problem(&key("match"), format!("not a valid regex: {e}"));
+                None
+            }
+        };
+        let retry_after = entry
+            .retry_after
+            .as_ref()
+            .map(|t| c.duration(&key("retry_after"), t));
+        if let Some(pattern) = pattern {
+            catalog.push(CatalogEntry {
+                id: entry.id.clone(),
+                pattern,
+                retry_after,
+                docs: entry.docs.clone(),
+            });
+        }
+    }
+    let rate = |c: &mut Checker, key: &str, v: i64| -> u32 {
+        u32::try_from(v).unwrap_or_else(|_| {
+            c.problem(key, format!("must be between 0 and {}, got {v}", u32::MAX));
+            0
+        })
+    };
+    let rate_limit = RateLimit {
+        messages_per_second: rate(
+            c,
+            &key("rate_limit.messages_per_second"),
+            p.rate_limit.messages_per_second,
+        ),
+        burst: rate(c, &key("rate_limit.burst"), p.rate_limit.burst),
+    };
+    let token_expiry = token_source(&p.token_expiry.source).unwrap_or_else(|e| {
+        c.problem(&key("token_expiry.source"), e);
+        None
+    });
+    Policy {
+        context,
+        expose_upstream_reason: p.expose_upstream_reason,
+        catalog,
+        rate_limit,
+        token_expiry,
+    }
+}
+
+/// `[[rewrite]]` (or a route's list).
+fn rewrites(c: &mut Checker, at: &str, list: &[RawRewrite]) -> Vec<RewriteRule> {
+    let mut rewrites = Vec::new();
+    for (i, rule) in list.iter().enumerate() {
+        let key = |field: &str| format!("{at}rewrite[{i}].{field}");
+        let direction = match rule.direction.as_str() {
+            "to_client" => Some(Direction::ToClient),
+            "to_upstream" => Some(Direction::ToUpstream),
+            other => {
+                c.problem(
+                    &key("direction"),
+                    format!("`{other}` must be \"to_client\" or \"to_upstream\""),
+                );
+                None
+            }
+        };
+        let from = c.code_range(&key("from"), &rule.from);
+        let to = c.sendable_code(&key("to"), rule.to);
+        let reason = rule.reason.as_ref().map(|r| c.reason(&key("reason"), r));
+        if let (Some(direction), Some(from)) = (direction, from) {
+            rewrites.push(RewriteRule {
+                direction,
+                from,
+                to,
+                reason,
+            });
+        }
+    }
+    rewrites
 }

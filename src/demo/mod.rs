@@ -108,7 +108,10 @@ pub async fn run(serve_forever: bool, listen: SocketAddr) -> Result<(), DemoErro
     let resumable = resumable_scene(&network, &holdfasts, clock).await;
     holdfasts.stop().await;
     let resumable = resumable?;
-    let resumed = metric(&metrics, "holdfast_holds_total{outcome=\"resumed\"}");
+    let resumed = metric(
+        &metrics,
+        "holdfast_holds_total{outcome=\"resumed\",route=\"default\"}",
+    );
     println!("\n── summary ─────────────────────────────────────────────────────────────");
     println!("  plain client");
     println!("    connections opened         1");

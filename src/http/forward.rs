@@ -11,8 +11,10 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::config::Config;
+use crate::http::headers::request_host;
 use crate::http::headers::{add_forwarded, copy_end_to_end};
-use crate::http::{Body, ConnInfo, full};
+use crate::http::{Body, ConnInfo, HandshakeError, full};
 use crate::shared::Shared;
 
 fn bad_gateway(why: impl std::fmt::Display) -> Response<Body> {
@@ -30,18 +32,28 @@ pub async fn forward(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let response = pass(req, conn, &shared).await;
-    shared.metrics.http_request(response.status().as_u16());
+    let config = shared.config.load_full();
+    let host = request_host(&req);
+    let Some(route) = config.pick(host.as_deref(), req.uri().path()) else {
+        tracing::debug!(peer = %conn.peer, host = ?host, path = %req.uri().path(), "no route: 404");
+        shared.metrics.http_request(404, &conn.unrouted());
+        return HandshakeError::NoRoute.into_response();
+    };
+    let labels = conn.labels(route.name.clone());
+    let response = pass(req, conn, &route.view, &shared).await;
+    shared
+        .metrics
+        .http_request(response.status().as_u16(), &labels);
     response
 }
 
-async fn pass(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Response<Body> {
-    let config = shared.config.load_full();
-    let (endpoint, io) = match shared
-        .pool
-        .dial_next(&config.upstream.endpoints, &config.upstream)
-        .await
-    {
+async fn pass(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    config: &Config,
+    shared: &Shared,
+) -> Response<Body> {
+    let (endpoint, io) = match shared.pool.dial_next(&config.route, &config.upstream).await {
         Ok(pair) => pair,
         Err((endpoint, e)) => {
             tracing::warn!(upstream = %endpoint, error = %e, "HTTP passthrough: upstream unreachable");
@@ -62,18 +74,19 @@ async fn pass(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Respon
     });
 
     let (parts, body) = req.into_parts();
+    // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
+    let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let mut builder = Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
     let headers = builder.headers_mut().expect("builder has no error yet");
     copy_end_to_end(&parts.headers, headers, &[header::HOST]);
-    add_forwarded(
-        headers,
-        conn.peer,
-        conn.tls,
-        parts.headers.get(header::HOST),
-        false,
-    );
+    add_forwarded(headers, conn.peer, conn.tls, forwarded_host.as_ref(), false);
     if let Ok(host) = HeaderValue::from_str(&endpoint.authority()) {
         headers.insert(header::HOST, host);
     }

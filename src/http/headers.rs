@@ -87,6 +87,19 @@ pub fn add_forwarded(
 }
 
 /// A header map from name/value pairs (unit tests).
+/// The host a request is for, as routes compare it: the URI's authority (HTTP/2, or an
+/// absolute-form request) or else the `Host` header, without its port.
+pub fn request_host<B>(req: &http::Request<B>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    authority.map(crate::config::route::request_host)
+}
+
 #[cfg(test)]
 pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -20,11 +20,28 @@ pub use refusal::HandshakeError;
 /// The largest request head (request line and headers) accepted, in bytes.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+impl ConnInfo {
+    /// The metric labels of a request on this connection before (or without) a route.
+    pub fn unrouted(&self) -> crate::metrics::SessionLabels {
+        self.labels(crate::metrics::NO_ROUTE.into())
+    }
+
+    /// The metric labels of a request on this connection that took `route`.
+    pub fn labels(&self, route: std::sync::Arc<str>) -> crate::metrics::SessionLabels {
+        crate::metrics::SessionLabels {
+            route,
+            protocol: self.protocol,
+        }
+    }
+}
+
 /// What the service knows about the connection it serves.
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// `http1` or `h2`: the protocol label of what this connection carries.
+    pub protocol: &'static str,
     /// Held for the connection's life, and by any session it upgrades to; `None` when the
     /// connection arrived over `max_connections`.
     pub permit: Option<Arc<OwnedSemaphorePermit>>,

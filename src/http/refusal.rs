@@ -19,6 +19,8 @@ pub enum HandshakeError {
     Origin,
     #[error("over max_connections")]
     Overloaded,
+    #[error("no route for this host and path")]
+    NoRoute,
     #[error("request head larger than {} bytes", super::MAX_REQUEST_HEAD)]
     HeadTooLarge,
     #[error("token refused: {0}")]
@@ -41,6 +43,7 @@ impl HandshakeError {
             HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
             HandshakeError::Origin => StatusCode::FORBIDDEN,
+            HandshakeError::NoRoute => StatusCode::NOT_FOUND,
             HandshakeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             HandshakeError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

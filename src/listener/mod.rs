@@ -46,6 +46,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
+            protocol: "http1",
             permit,
         };
         let shared = shared.clone();

@@ -50,9 +50,9 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
     if conn.permit.is_none() {
         tracing::debug!(peer = %conn.peer, "over max_connections: 503");
         if is_websocket_upgrade(req.headers()) {
-            shared.metrics.handshake_rejected(503);
+            shared.metrics.handshake_rejected(503, &conn.unrouted());
         } else {
-            shared.metrics.http_request(503);
+            shared.metrics.http_request(503, &conn.unrouted());
         }
         return HandshakeError::Overloaded.into_response();
     }
@@ -68,9 +68,9 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
         let websocket = is_websocket_upgrade(req.headers());
         tracing::debug!(peer = %conn.peer, bytes = head, "request head too large: 431");
         if websocket {
-            shared.metrics.handshake_rejected(431);
+            shared.metrics.handshake_rejected(431, &conn.unrouted());
         } else {
-            shared.metrics.http_request(431);
+            shared.metrics.http_request(431, &conn.unrouted());
         }
         return HandshakeError::HeadTooLarge.into_response();
     }

@@ -86,10 +86,19 @@ fn metadata() -> Metadata<'static> {
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
 }
 
+/// The route label of what happened before a route was chosen (or when none matched).
+pub const NO_ROUTE: &str = "none";
+
+/// What labels a session's series: its route's name and the protocol it arrived on.
+#[derive(Debug, Clone)]
+pub struct SessionLabels {
+    pub route: std::sync::Arc<str>,
+    pub protocol: &'static str,
+}
+
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    pub sessions_active: Gauge,
     pub held_messages: Gauge,
     pub reconnects_waiting: Gauge,
     pub clients_away: Gauge,
@@ -183,7 +192,6 @@ impl Metrics {
             recorder.register_counter(&key(name, labels), &metadata())
         };
         let metrics = Self {
-            sessions_active: recorder.register_gauge(&key(SESSIONS_ACTIVE, &[]), &metadata()),
             held_messages: recorder.register_gauge(&key(HELD_MESSAGES, &[]), &metadata()),
             reconnects_waiting: recorder.register_gauge(&key(RECONNECTS_WAITING, &[]), &metadata()),
             clients_away: recorder.register_gauge(&key(CLIENTS_AWAY, &[]), &metadata()),
@@ -224,12 +232,6 @@ impl Metrics {
                     .increment(0);
             }
         };
-        zero(SESSIONS_TOTAL, "outcome", &["closed", "rejected", "error"]);
-        zero(
-            HOLDS_TOTAL,
-            "outcome",
-            &["resumed", "timeout", "overflow", "client_closed", "refused"],
-        );
         zero(
             UPSTREAM_CONNECTS_TOTAL,
             "result",
@@ -267,18 +269,51 @@ impl Metrics {
             .register_counter(&Key::from_parts(name, labels), &metadata())
     }
 
-    pub fn session_ended(&self, outcome: SessionOutcome) {
-        self.counter(SESSIONS_TOTAL, vec![("outcome", outcome.as_str().into())])
-            .increment(1);
+    /// The series a route's sessions and holds count in, at zero, so that dashboards see
+    /// each route from the start (called for every route at start-up and on reload).
+    pub fn prepare_route(&self, route: &str) {
+        for protocol in PROTOCOLS {
+            for outcome in ["closed", "rejected", "error"] {
+                self.counter(SESSIONS_TOTAL, session_labels(outcome, route, protocol))
+                    .increment(0);
+            }
+        }
+        for outcome in ["resumed", "timeout", "overflow", "client_closed", "refused"] {
+            let labels = vec![
+                ("outcome", outcome.into()),
+                ("route", Cow::Owned(route.to_owned())),
+            ];
+            self.counter(HOLDS_TOTAL, labels).increment(0);
+        }
     }
 
-    pub fn handshake_rejected(&self, status: u16) {
+    pub fn session_ended(&self, outcome: SessionOutcome, labels: &SessionLabels) {
+        let labels = session_labels(outcome.as_str(), &labels.route, labels.protocol);
+        self.counter(SESSIONS_TOTAL, labels).increment(1);
+    }
+
+    /// `holdfast_sessions_active` of one route and protocol.
+    pub fn sessions_active(&self, labels: &SessionLabels) -> Gauge {
+        let labels = [
+            Label::new("route", labels.route.to_string()),
+            Label::new("protocol", labels.protocol),
+        ];
+        self.recorder.register_gauge(
+            &Key::from_parts(SESSIONS_ACTIVE, labels.to_vec()),
+            &metadata(),
+        )
+    }
+
+    pub fn handshake_rejected(&self, status: u16, labels: &SessionLabels) {
         self.counter(
             HANDSHAKES_REJECTED_TOTAL,
-            vec![("status", status.to_string().into())],
+            vec![
+                ("status", status.to_string().into()),
+                ("route", Cow::Owned(labels.route.to_string())),
+            ],
         )
         .increment(1);
-        self.session_ended(SessionOutcome::Rejected);
+        self.session_ended(SessionOutcome::Rejected, labels);
     }
 
     /// The compression counters of a hop, for its connections' contexts.
@@ -292,7 +327,13 @@ impl Metrics {
     }
 
     /// A close sent in `direction`: `sent` is the code on the wire (`None`: an empty close).
-    pub fn close_sent(&self, direction: Direction, sent: Option<u16>, original: Original) {
+    pub fn close_sent(
+        &self,
+        direction: Direction,
+        sent: Option<u16>,
+        original: Original,
+        route: &str,
+    ) {
         let code = sent.map_or(Cow::Borrowed("1005"), code_label);
         let original = match original {
             Original::Received(c) => code_label(c),
@@ -302,14 +343,18 @@ impl Metrics {
             ("direction", direction.as_str().into()),
             ("code", code),
             ("original", original),
+            ("route", Cow::Owned(route.to_owned())),
         ];
         self.counter(CLOSE_CODES_TOTAL, labels).increment(1);
     }
 
     /// A hold ended with `outcome` (`resumed`, `timeout`, …) after `held`.
-    pub fn hold_ended(&self, outcome: impl LabelValue, held: Duration) {
-        self.counter(HOLDS_TOTAL, vec![("outcome", outcome.label().into())])
-            .increment(1);
+    pub fn hold_ended(&self, outcome: impl LabelValue, held: Duration, route: &str) {
+        let labels = vec![
+            ("outcome", outcome.label().into()),
+            ("route", Cow::Owned(route.to_owned())),
+        ];
+        self.counter(HOLDS_TOTAL, labels).increment(1);
         self.hold_duration.record(held.as_secs_f64());
     }
 
@@ -321,18 +366,23 @@ impl Metrics {
 
     /// `policy` comes from the catalog (operator-configured ids), holdfast's own policies or
     /// `unspecified`: a closed set per configuration.
-    pub fn policy_violation(&self, policy: &str, source: impl LabelValue) {
+    pub fn policy_violation(&self, policy: &str, source: impl LabelValue, route: &str) {
         let labels = vec![
             ("policy", Cow::Owned(policy.to_owned())),
             ("source", source.label().into()),
+            ("route", Cow::Owned(route.to_owned())),
         ];
         self.counter(POLICY_VIOLATIONS_TOTAL, labels).increment(1);
     }
 
-    pub fn http_request(&self, status: u16) {
+    pub fn http_request(&self, status: u16, labels: &SessionLabels) {
         self.counter(
             HTTP_REQUESTS_TOTAL,
-            vec![("status", status.to_string().into())],
+            vec![
+                ("status", status.to_string().into()),
+                ("route", Cow::Owned(labels.route.to_string())),
+                ("protocol", labels.protocol.into()),
+            ],
         )
         .increment(1);
     }
@@ -349,6 +399,21 @@ impl Metrics {
         self.counter(CONFIG_RELOADS_TOTAL, vec![("result", result.into())])
             .increment(1);
     }
+}
+
+/// The protocols a client arrives on, for the `protocol` label.
+pub const PROTOCOLS: [&str; 2] = ["http1", "h2"];
+
+fn session_labels(
+    outcome: &'static str,
+    route: &str,
+    protocol: &'static str,
+) -> Vec<(&'static str, Cow<'static, str>)> {
+    vec![
+        ("outcome", outcome.into()),
+        ("route", Cow::Owned(route.to_owned())),
+        ("protocol", protocol.into()),
+    ]
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {

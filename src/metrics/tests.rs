@@ -65,8 +65,13 @@ fn counters_render_with_their_labels() {
     let m = Metrics::new();
     m.message(Direction::ToClient, 10);
     m.message(Direction::ToClient, 5);
-    m.close_sent(Direction::ToClient, Some(1011), Original::Received(1006));
-    m.close_sent(Direction::ToClient, None, Original::Received(1005));
+    m.close_sent(
+        Direction::ToClient,
+        Some(1011),
+        Original::Received(1006),
+        "chat",
+    );
+    m.close_sent(Direction::ToClient, None, Original::Received(1005), "chat");
     #[derive(Clone, Copy)]
     struct Resumed;
     impl LabelValue for Resumed {
@@ -74,17 +79,19 @@ fn counters_render_with_their_labels() {
             "resumed"
         }
     }
-    m.hold_ended(Resumed, Duration::from_millis(1500));
+    m.prepare_route("chat");
+    m.hold_ended(Resumed, Duration::from_millis(1500), "chat");
     m.run_upkeep();
     let text = m.render();
     for line in [
         "holdfast_messages_total{direction=\"to_client\"} 2",
         "holdfast_bytes_total{direction=\"to_client\"} 15",
-        "holdfast_close_codes_total{direction=\"to_client\",code=\"1011\",original=\"1006\"} 1",
-        "holdfast_close_codes_total{direction=\"to_client\",code=\"1005\",original=\"1005\"} 1",
-        "holdfast_holds_total{outcome=\"resumed\"} 1",
+        "holdfast_close_codes_total{direction=\"to_client\",code=\"1011\",original=\"1006\",route=\"chat\"} 1",
+        "holdfast_close_codes_total{direction=\"to_client\",code=\"1005\",original=\"1005\",route=\"chat\"} 1",
+        "holdfast_holds_total{outcome=\"resumed\",route=\"chat\"} 1",
         "holdfast_hold_duration_seconds_bucket{le=\"2\"} 1",
-        "holdfast_sessions_total{outcome=\"rejected\"} 0",
+        "holdfast_sessions_total{outcome=\"rejected\",route=\"chat\",protocol=\"h2\"} 0",
+        "holdfast_holds_total{outcome=\"timeout\",route=\"chat\"} 0",
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }

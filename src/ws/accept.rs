@@ -15,6 +15,7 @@ use super::handshake::{self, UpstreamTemplate};
 use super::session;
 use super::session::resumable::{Resumable, Settings, Start};
 use crate::config::Config;
+use crate::http::headers::request_host;
 use crate::http::{Body, ConnInfo, HandshakeError};
 use crate::policy::token;
 use crate::resume::{self, token::credentials};
@@ -60,7 +61,7 @@ async fn open_upstream(
     let window = super::session::hold::failure_window(&config.restart);
     let members = shared
         .pool
-        .members(&config.upstream.endpoints, window)
+        .members(&config.route, &config.upstream.endpoints, window)
         .await;
     let mut last = None;
     for member in members {
@@ -252,10 +253,21 @@ pub async fn accept(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
-    let config = shared.config.load_full();
+    let live = shared.config.load_full();
+    let host = request_host(&req);
+    let Some(route) = live.pick(host.as_deref(), req.uri().path()) else {
+        tracing::info!(peer = %conn.peer, host = ?host, path = %req.uri().path(), status = 404, "handshake rejected: no route");
+        shared.metrics.handshake_rejected(404, &conn.unrouted());
+        return HandshakeError::NoRoute.into_response();
+    };
+    // Everything below reads the route's settings.
+    let config = route.view.clone();
+    let labels = conn.labels(route.name.clone());
     let reject = |e: HandshakeError| {
-        tracing::info!(peer = %conn.peer, status = e.status().as_u16(), reason = %e, "handshake rejected");
-        shared.metrics.handshake_rejected(e.status().as_u16());
+        tracing::info!(peer = %conn.peer, route = %labels.route, status = e.status().as_u16(), reason = %e, "handshake rejected");
+        shared
+            .metrics
+            .handshake_rejected(e.status().as_u16(), &labels);
         e.into_response()
     };
     let offer = match handshake::validate_upgrade(
@@ -372,6 +384,7 @@ pub async fn accept(
         protocol,
         expires_in,
         resume,
+        labels: labels.clone(),
     };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -384,7 +397,7 @@ pub async fn accept(
             Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
-                shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error);
+                shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error, &labels);
                 let mut upstream = upstream;
                 let going_away = crate::close::Close::new(crate::close::GOING_AWAY, "client did not complete the upgrade");
                 session::closing::complete_close(&mut upstream, vec![close_message(Some(going_away))]).await;

@@ -525,16 +525,12 @@ impl Proxy {
         http_get(self.admin, path).await
     }
 
-    /// The value of one metric series, e.g. `holdfast_holds_total{outcome="resumed"}`
-    /// (0 when the series is absent).
+    /// The sum of the series of a metric whose labels include the given ones, e.g.
+    /// `holdfast_holds_total{outcome="resumed"}` adds up that outcome of every route
+    /// (0 when there is none).
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+        metric_sum(&body, series)
     }
 }
 
@@ -800,3 +796,31 @@ impl TestCert {
 /// balancer's choice). The demo's network, whose page is not used here.
 #[allow(unused_imports)] // some test files use no relay
 pub use holdfast::demo::Network as CuttingRelay;
+
+/// The sum of the series in Prometheus text `body` named as `series` (`name` or
+/// `name{label="value",...}`) whose labels include every label `series` names.
+pub fn metric_sum(body: &str, series: &str) -> f64 {
+    let (name, wanted) = split_series(series);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(s, _)| {
+            let (n, labels) = split_series(s);
+            n == name && wanted.iter().all(|w| labels.contains(w))
+        })
+        .map(|(_, v)| v.trim().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .collect(),
+        ),
+        None => (series, Vec::new()),
+    }
+}

@@ -24,7 +24,7 @@ where
     /// complete, each bounded by `CLOSE_TIMEOUT`. `upstream` is `None` when the session ends
     /// from `Holding`.
     pub(crate) async fn finish(&mut self, ending: Ending, upstream: Option<UpstreamWs>) -> Report {
-        let config = self.shared.config.load_full();
+        let config = self.view();
         let Plan {
             to_client,
             to_upstream,
@@ -44,16 +44,26 @@ where
         };
         let metrics = &self.shared.metrics;
         if let Some((id, source)) = &policy {
-            metrics.policy_violation(id, *source);
+            metrics.policy_violation(id, *source, &self.labels.route);
             tracing::info!(session = %self.id, policy = %id, source = source.as_str(), "policy close");
         }
         if let Some(code) = to_client.last().and_then(wire_code) {
-            metrics.close_sent(Direction::ToClient, code, client_original);
+            metrics.close_sent(
+                Direction::ToClient,
+                code,
+                client_original,
+                &self.labels.route,
+            );
         }
         if upstream.is_some()
             && let Some(code) = to_upstream.last().and_then(wire_code)
         {
-            metrics.close_sent(Direction::ToUpstream, code, upstream_original);
+            metrics.close_sent(
+                Direction::ToUpstream,
+                code,
+                upstream_original,
+                &self.labels.route,
+            );
         }
         match (upstream, faulty) {
             (Some(mut upstream), Some(Direction::ToClient)) => {

@@ -61,7 +61,7 @@ async fn try_resume(
     let restart = &config.restart;
     let window = failure_window(restart);
     let endpoints = &config.upstream.endpoints;
-    let mut members = shared.pool.members(endpoints, window).await;
+    let mut members = shared.pool.members(&config.route, endpoints, window).await;
     let first_is_healthy = members
         .first()
         .is_some_and(|m| !shared.pool.is_recently_failed(m.addr, window));
@@ -73,7 +73,7 @@ async fn try_resume(
             rand::random(),
         );
         tokio::time::sleep(delay).await;
-        members = shared.pool.members(endpoints, window).await;
+        members = shared.pool.members(&config.route, endpoints, window).await;
     }
     let Some(member) = members.into_iter().next() else {
         return Try::Retry("no upstream address resolved".into());
@@ -153,7 +153,7 @@ where
     /// messages are buffered, and the upstream is retried with backoff until a try connects
     /// and the buffer is delivered, or the hold fails.
     pub(super) async fn hold(&mut self) -> HoldEnd {
-        let config = self.shared.config.load_full();
+        let config = self.view();
         let restart = &config.restart;
         let since = Instant::now();
         let deadline = since + restart.max_hold;
@@ -358,7 +358,7 @@ where
         };
         self.holds.push(outcome);
         let metrics = &self.shared.metrics;
-        metrics.hold_ended(outcome, since.elapsed());
+        metrics.hold_ended(outcome, since.elapsed(), &self.labels.route);
         // Whatever is still buffered is no longer held (delivered ones were counted down).
         metrics.held_messages.decrement(buffer.len() as f64);
         tracing::info!(

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::Direction;
 use crate::codec::WsConn;
+use crate::config::Config;
 use crate::config::RateLimit;
-use crate::metrics::SessionOutcome;
+use crate::metrics::{SessionLabels, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::shared::Shared;
 use crate::socket::ClientIo;
@@ -103,10 +104,14 @@ pub struct Opened {
     pub expires_in: Option<Duration>,
     /// A resumable client (`holdfast.resume.v1`) and how its session starts.
     pub resume: Option<(Box<Resumable>, Start)>,
+    /// The session's route and protocol; the route's settings are read by name.
+    pub labels: SessionLabels,
 }
 
 pub struct Session<C> {
     pub(crate) id: String,
+    /// The route (its settings are looked up by this name) and the protocol.
+    pub(crate) labels: SessionLabels,
     pub(crate) peer: SocketAddr,
     client: WsConn<C>,
     /// How to open the upstream again, the same way as the first time.
@@ -200,11 +205,14 @@ where
         // Read before the config: a reload in between is seen at the first message.
         let reloads_seen = shared.reloads.load(Ordering::Acquire);
         let (replay_first, rate_limit) = {
-            let config = shared.config.load();
+            let config = shared
+                .route_view(&opened.labels.route)
+                .unwrap_or_else(|| shared.config.load_full());
             (config.restart.replay_first as u64, config.policy.rate_limit)
         };
         Self {
             id: opened.template.session_id.clone(),
+            labels: opened.labels,
             peer,
             client,
             template: opened.template,
@@ -245,7 +253,7 @@ where
     pub async fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> Report {
         let started = Instant::now();
         self.upstream_deflate = upstream.deflate().is_some();
-        let _active = ActiveSession::new(self.shared.clone());
+        let _active = ActiveSession::new(self.shared.clone(), self.labels.clone());
         let _registered = self
             .resume
             .as_ref()
@@ -312,6 +320,8 @@ where
         tracing::info!(
             session = %self.id,
             peer = %self.peer,
+            route = %self.labels.route,
+            protocol = self.labels.protocol,
             upstream = %self.member,
             duration_ms = started.elapsed().as_millis() as u64,
             messages_to_upstream = report.stats.messages_to_upstream,
@@ -354,7 +364,7 @@ where
 
     /// The close pipeline's first step: does this upstream end mean "hold"?
     fn should_hold(&self, end: &UpstreamEnd) -> bool {
-        let config = self.shared.config.load();
+        let config = self.view();
         let rules = CloseRules {
             hold: config.restart.hold,
             restart_codes: &config.restart.codes,
@@ -369,7 +379,7 @@ where
         let reloads = self.shared.reloads.load(Ordering::Acquire);
         if reloads != self.reloads_seen {
             self.reloads_seen = reloads;
-            let limit = self.shared.config.load().policy.rate_limit;
+            let limit = self.view().policy.rate_limit;
             if limit != self.bucket_limit {
                 // A reload changed the limit: this session follows it from now on.
                 self.bucket = TokenBucket::new(limit, Instant::now());
@@ -382,6 +392,14 @@ where
                 .map_err(|retry| ProxyPolicy::RateLimit { retry }),
             None => Ok(()),
         }
+    }
+
+    /// The settings of this session's route now: its route in the live configuration (a
+    /// reload's changes reach the session), or its last settings if a reload removed it.
+    pub(crate) fn view(&self) -> Arc<Config> {
+        self.shared
+            .route_view(&self.labels.route)
+            .unwrap_or_else(|| self.shared.config.load_full())
     }
 
     /// The client socket.
@@ -443,21 +461,32 @@ impl Drop for Registered {
 }
 
 /// Counts a session in `holdfast_sessions_active` for as long as it lives.
-struct ActiveSession(Arc<Shared>);
+struct ActiveSession {
+    shared: Arc<Shared>,
+    labels: SessionLabels,
+    gauge: metrics::Gauge,
+}
 
 impl ActiveSession {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.metrics.sessions_active.increment(1.0);
+    fn new(shared: Arc<Shared>, labels: SessionLabels) -> Self {
+        let gauge = shared.metrics.sessions_active(&labels);
+        gauge.increment(1.0);
         shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Self(shared)
+        Self {
+            shared,
+            labels,
+            gauge,
+        }
     }
 }
 
 impl Drop for ActiveSession {
     fn drop(&mut self) {
-        self.0.metrics.sessions_active.decrement(1.0);
-        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.session_ended(SessionOutcome::Closed);
+        self.gauge.decrement(1.0);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .session_ended(SessionOutcome::Closed, &self.labels);
     }
 }
 
