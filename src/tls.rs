@@ -44,8 +44,13 @@ fn describe_pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> Stri
     }
 }
 
-/// The client-facing TLS configuration: TLS 1.2 and 1.3, ALPN `http/1.1`.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// The client-facing TLS configuration: TLS 1.2 and 1.3, ALPN `h2` (when `http2`) and
+/// `http/1.1`.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    http2: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -54,9 +59,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(config))
 }
+
+/// The ALPN protocol id of HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// The upstream-facing TLS configuration: trust `ca` if given, else the webpki roots.
 pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {

@@ -80,7 +80,32 @@ pub struct Listen {
     pub tls: Option<ServerTls>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    pub http2: Http2,
 }
+
+/// `[listen.http2]`: HTTP/2 on the TLS listener (ALPN `h2`), WebSockets over it as
+/// extended CONNECT streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    pub enabled: bool,
+    /// Streams (sessions and requests) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Each stream's flow-control window; the connection's is this times
+    /// `max_concurrent_streams`, so a stream that stops reading cannot hold up the others.
+    pub stream_window: u32,
+}
+
+impl Http2 {
+    /// The connection-level window: room for every stream's window at once.
+    pub fn connection_window(&self) -> u32 {
+        self.stream_window
+            .saturating_mul(self.max_concurrent_streams)
+            .min(MAX_H2_WINDOW)
+    }
+}
+
+/// The largest flow-control window HTTP/2 allows (2^31 - 1).
+pub const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
 
 #[derive(Debug, Clone)]
 pub struct ServerTls {

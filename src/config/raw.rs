@@ -68,6 +68,25 @@ pub struct RawListen {
     pub tls: Option<RawServerTls>,
     pub max_connections: i64,
     pub handshake_timeout: String,
+    pub http2: RawHttp2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp2 {
+    pub enabled: bool,
+    pub max_concurrent_streams: i64,
+    pub stream_window: RawSize,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_streams: 128,
+            stream_window: RawSize::Text("256KiB".into()),
+        }
+    }
 }
 
 impl Default for RawListen {
@@ -77,6 +96,7 @@ impl Default for RawListen {
             tls: None,
             max_connections: 10_000,
             handshake_timeout: "10s".into(),
+            http2: RawHttp2::default(),
         }
     }
 }
@@ -338,9 +358,19 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ),
     (
         "listen",
-        &["address", "tls", "max_connections", "handshake_timeout"],
+        &[
+            "address",
+            "tls",
+            "max_connections",
+            "handshake_timeout",
+            "http2",
+        ],
     ),
     ("listen.tls", &["cert", "key"]),
+    (
+        "listen.http2",
+        &["enabled", "max_concurrent_streams", "stream_window"],
+    ),
     ("admin", &["address"]),
     ("upstream", UPSTREAM_KEYS),
     ("upstream.tls", UPSTREAM_TLS_KEYS),

@@ -509,3 +509,38 @@ fn a_route_an_earlier_one_shadows_is_a_warning() {
     assert_eq!(c.warnings[0].key, "route[1]");
     assert!(c.warnings[0].message.contains("`ws`"), "{}", c.warnings[0]);
 }
+
+#[test]
+fn http2_settings_are_checked_by_key() {
+    let c = from_toml_str("").unwrap();
+    assert_eq!(
+        c.listen.http2,
+        Http2 {
+            enabled: true,
+            max_concurrent_streams: 128,
+            stream_window: 256 * 1024,
+        }
+    );
+    assert_eq!(c.listen.http2.connection_window(), 32 << 20);
+    let wide =
+        from_toml_str("[listen.http2]\nmax_concurrent_streams = 10000\nstream_window = \"1GiB\"")
+            .unwrap();
+    assert_eq!(wide.listen.http2.connection_window(), MAX_H2_WINDOW);
+    for (toml, key) in [
+        (
+            "[listen.http2]\nmax_concurrent_streams = 0",
+            "listen.http2.max_concurrent_streams",
+        ),
+        (
+            "[listen.http2]\nstream_window = \"1KiB\"",
+            "listen.http2.stream_window",
+        ),
+        (
+            "[listen.http2]\nstream_window = \"4GiB\"",
+            "listen.http2.stream_window",
+        ),
+        ("[listen.http2]\nenabled = \"yes\"", "listen.http2.enabled"),
+    ] {
+        assert_eq!(keys(toml), [key], "{toml}");
+    }
+}

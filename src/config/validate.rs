@@ -25,6 +25,10 @@ use crate::tls;
 
 /// `restart.max_reconnecting` above this is a typo, not a plan (and a semaphore's bound).
 const MAX_RECONNECTING: i64 = 1_000_000;
+/// `listen.http2.max_concurrent_streams` above this is not a plan (nginx allows 128).
+const MAX_H2_STREAMS: i64 = 10_000;
+/// HTTP/2's initial window: a smaller stream window would slow every stream down.
+const MIN_H2_WINDOW: u32 = 65_535;
 /// The largest `max_message_size` / `max_frame_size`: a message is buffered whole.
 const MAX_MESSAGE_LIMIT: usize = 1 << 30;
 
@@ -243,7 +247,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     // [listen]
     let tls = raw.listen.tls.as_ref().and_then(|t| {
         let (cert, key) = (PathBuf::from(&t.cert), PathBuf::from(&t.key));
-        match tls::server_config(&cert, &key) {
+        match tls::server_config(&cert, &key, raw.listen.http2.enabled) {
             Ok(config) => Some(ServerTls { cert, key, config }),
             Err(e) => {
                 let key_name = if e.contains(&t.key) && !e.contains(&t.cert) {
@@ -262,6 +266,29 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         max_connections: c.count("listen.max_connections", raw.listen.max_connections, 1),
         handshake_timeout: c
             .positive_duration("listen.handshake_timeout", &raw.listen.handshake_timeout),
+        http2: Http2 {
+            enabled: raw.listen.http2.enabled,
+            max_concurrent_streams: c.count_within(
+                "listen.http2.max_concurrent_streams",
+                raw.listen.http2.max_concurrent_streams,
+                1,
+                MAX_H2_STREAMS,
+            ) as u32,
+            stream_window: {
+                let key = "listen.http2.stream_window";
+                let size = c.size(key, &raw.listen.http2.stream_window);
+                if !(MIN_H2_WINDOW as usize..=MAX_H2_WINDOW as usize).contains(&size) && size > 0 {
+                    c.problem(
+                        key,
+                        format!(
+                            "must be {MIN_H2_WINDOW}-{MAX_H2_WINDOW} bytes (HTTP/2's window \
+                             limits), got {size}"
+                        ),
+                    );
+                }
+                size.min(MAX_H2_WINDOW as usize) as u32
+            },
+        },
     };
 
     // [admin]

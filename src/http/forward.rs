@@ -32,6 +32,13 @@ pub async fn forward(
     conn: ConnInfo,
     shared: Arc<Shared>,
 ) -> Response<Body> {
+    if req.method() == http::Method::CONNECT {
+        // holdfast is a reverse proxy: a CONNECT that is not a WebSocket tunnels nowhere.
+        shared.metrics.http_request(405, &conn.unrouted());
+        let mut response = Response::new(full("CONNECT is only for WebSockets here\n"));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return response;
+    }
     let config = shared.config.load_full();
     let host = request_host(&req);
     let Some(route) = config.pick(host.as_deref(), req.uri().path()) else {

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http::ConnInfo;
 use crate::shared::Shared;
+use crate::tls::ALPN_H2;
 use crate::workers::Workers;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&Workers>) {
@@ -56,7 +57,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Option<&
                 None => service::serve(tcp, conn, shared).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => service::serve(stream, conn, shared).await,
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+                            if h2 {
+                                let conn = ConnInfo {
+                                    protocol: "h2",
+                                    ..conn
+                                };
+                                service::serve_h2(stream, conn, shared).await
+                            } else {
+                                service::serve(stream, conn, shared).await
+                            }
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }

@@ -1,6 +1,7 @@
-//! One client connection's HTTP/1.1 service (hyper): WebSocket upgrades go to
-//! `ws::accept`, everything else to `http::forward` (plain HTTP passthrough). Connections
-//! over `max_connections` are answered 503 on every request.
+//! One client connection's HTTP service (hyper), HTTP/1.1 (`serve`) or HTTP/2 (`serve_h2`,
+//! on a TLS connection that chose `h2`): WebSocket upgrades and RFC 8441 extended CONNECT
+//! streams go to `ws::accept`, everything else to `http::forward` (plain HTTP passthrough).
+//! Connections over `max_connections` are answered 503 on every request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::headers::is_websocket_upgrade;
@@ -46,10 +47,74 @@ where
     }
 }
 
+/// Serves HTTP/2 on one accepted TLS connection until it closes. Each stream is a
+/// request, or a WebSocket session (extended CONNECT, RFC 8441) relayed to the upstream
+/// over HTTP/1.1 like any other. On shutdown the connection gets a GOAWAY: no new streams,
+/// and its sessions drain like every other session.
+pub async fn serve_h2<I>(io: I, conn: ConnInfo, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (h2, ping) = {
+        let config = shared.config.load();
+        (config.listen.http2, config.websocket.ping_interval)
+    };
+    let shutdown = shared.shutdown.clone();
+    let service = service_fn(move |req| {
+        let (conn, shared) = (conn.clone(), shared.clone());
+        async move { Ok::<_, Infallible>(handle(req, conn, shared).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        // Flow control per stream, and a connection window with room for every stream's:
+        // a session whose client (or upstream) stops reading fills its own window only.
+        .initial_stream_window_size(h2.stream_window)
+        .initial_connection_window_size(h2.connection_window())
+        .max_send_buf_size(h2.stream_window as usize)
+        .max_header_list_size(MAX_REQUEST_HEAD as u32)
+        // Rapid reset (CVE-2023-44487): streams a client opens and cancels at once are
+        // counted, and past this many pending the connection gets a GOAWAY.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // Streams holdfast itself had to reset for a client's errors, before a GOAWAY.
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        // A connection whose peer is gone is found by HTTP/2 pings, as sessions find a
+        // silent peer by WebSocket pings.
+        .keep_alive_interval(ping);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// Streams a client may open and reset before the server has accepted them (h2's own
+/// default, named here: it is the rapid-reset guard).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams holdfast may reset for protocol errors on one connection before a GOAWAY.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+
+/// A WebSocket handshake in either form: an HTTP/1.1 upgrade, or an HTTP/2 CONNECT (with
+/// any `:protocol`: a wrong one is refused with a status by `ws::accept`).
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    is_websocket_upgrade(req.headers())
+        || (req.method() == hyper::Method::CONNECT
+            && req.extensions().get::<hyper::ext::Protocol>().is_some())
+}
+
 async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Response<Body> {
     if conn.permit.is_none() {
         tracing::debug!(peer = %conn.peer, "over max_connections: 503");
-        if is_websocket_upgrade(req.headers()) {
+        if is_websocket(&req) {
             shared.metrics.handshake_rejected(503, &conn.unrouted());
         } else {
             shared.metrics.http_request(503, &conn.unrouted());
@@ -65,7 +130,7 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     if head > MAX_REQUEST_HEAD {
-        let websocket = is_websocket_upgrade(req.headers());
+        let websocket = is_websocket(&req);
         tracing::debug!(peer = %conn.peer, bytes = head, "request head too large: 431");
         if websocket {
             shared.metrics.handshake_rejected(431, &conn.unrouted());
@@ -74,7 +139,7 @@ async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> 
         }
         return HandshakeError::HeadTooLarge.into_response();
     }
-    if is_websocket_upgrade(req.headers()) {
+    if is_websocket(&req) {
         crate::ws::accept(req, conn, shared).await
     } else {
         crate::http::forward::forward(req, conn, shared).await

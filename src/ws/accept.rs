@@ -140,7 +140,7 @@ fn returning(
     offer: &handshake::ClientOffer,
     target: Result<Return, String>,
 ) -> Response<Body> {
-    let mut response = handshake::switching_protocols(offer, &Response::new(()));
+    let mut response = handshake::client_answer(offer, &Response::new(()));
     response.headers_mut().insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(resume::SUBPROTOCOL),
@@ -270,8 +270,13 @@ pub async fn accept(
             .handshake_rejected(e.status().as_u16(), &labels);
         e.into_response()
     };
+    let extended = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned());
     let offer = match handshake::validate_upgrade(
         req.method(),
+        extended.as_deref(),
         req.headers(),
         &config.websocket.allowed_origins,
     ) {
@@ -340,7 +345,7 @@ pub async fn accept(
         Ok(Err(e)) => return reject(e),
         Err(_) => return reject(HandshakeError::UpstreamTimeout),
     };
-    let mut response = handshake::switching_protocols(&offer, &upstream.response);
+    let mut response = handshake::client_answer(&offer, &upstream.response);
     let protocol = upstream.protocol().cloned();
     if let Some((claims, _)) = &moved
         && claims.protocol.as_deref() != protocol.as_ref().and_then(|p| p.to_str().ok())

@@ -21,15 +21,28 @@ pub const X_HOLDFAST_RESUME: &str = "x-holdfast-resume";
 /// What the client offered, once validated.
 #[derive(Debug, Clone)]
 pub struct ClientOffer {
-    pub key: HeaderValue,
+    /// `Sec-WebSocket-Key` of an HTTP/1.1 upgrade; `None` for an HTTP/2 extended CONNECT
+    /// (RFC 8441), which has no key and is answered 200 instead of 101.
+    pub key: Option<HeaderValue>,
 }
 
-/// RFC 6455 §4.2.1 checks, in the order that gives the most useful status.
+/// RFC 6455 §4.2.1 checks (or RFC 8441 §4's, for an HTTP/2 extended CONNECT whose
+/// `:protocol` is `protocol`), in the order that gives the most useful status.
 pub fn validate_upgrade(
     method: &Method,
+    protocol: Option<&str>,
     headers: &HeaderMap,
     allowed_origins: &[String],
 ) -> Result<ClientOffer, HandshakeError> {
+    if method == Method::CONNECT {
+        if !protocol.is_some_and(|p| p.eq_ignore_ascii_case("websocket")) {
+            return Err(HandshakeError::BadRequest(
+                "CONNECT must carry :protocol websocket",
+            ));
+        }
+        check_version_and_origin(headers, allowed_origins)?;
+        return Ok(ClientOffer { key: None });
+    }
     if method != Method::GET {
         return Err(HandshakeError::BadRequest("method must be GET"));
     }
@@ -38,11 +51,7 @@ pub fn validate_upgrade(
             "Connection header must contain Upgrade",
         ));
     }
-    match headers.get(header::SEC_WEBSOCKET_VERSION) {
-        Some(v) if v == "13" => {}
-        Some(_) => return Err(HandshakeError::Version),
-        None => return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Version")),
-    }
+    check_version_and_origin(headers, allowed_origins)?;
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(HandshakeError::BadRequest("missing Sec-WebSocket-Key"))?;
@@ -50,13 +59,28 @@ pub fn validate_upgrade(
     if key.len() != 24 || !key.as_bytes().ends_with(b"==") {
         return Err(HandshakeError::BadRequest("malformed Sec-WebSocket-Key"));
     }
+    Ok(ClientOffer {
+        key: Some(key.clone()),
+    })
+}
+
+/// The checks both forms of the handshake share: version 13 and an allowed `Origin`.
+fn check_version_and_origin(
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+) -> Result<(), HandshakeError> {
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        Some(v) if v == "13" => {}
+        Some(_) => return Err(HandshakeError::Version),
+        None => return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Version")),
+    }
     if !allowed_origins.is_empty() {
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| allowed_origins.iter().any(|a| a == o)) {
             return Err(HandshakeError::Origin);
         }
     }
-    Ok(ClientOffer { key: key.clone() })
+    Ok(())
 }
 
 /// Headers never forwarded from the client to the upstream WebSocket: holdfast writes its
@@ -101,11 +125,15 @@ impl UpstreamTemplate {
             .collect();
         let mut headers = HeaderMap::new();
         copy_end_to_end(client_headers, &mut headers, &skip);
+        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
+        let authority = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         add_forwarded(
             &mut headers,
             peer,
             tls,
-            client_headers.get(header::HOST),
+            client_headers.get(header::HOST).or(authority.as_ref()),
             true,
         );
         headers.insert(
@@ -202,11 +230,10 @@ impl UpstreamTemplate {
     }
 }
 
-/// The client's 101: accept key, the upstream's chosen subprotocol and its other
-/// end-to-end headers (e.g. `Set-Cookie`).
-pub fn switching_protocols(offer: &ClientOffer, upstream: &Response<()>) -> Response<Body> {
+/// The client's answer: the upstream's chosen subprotocol and its other end-to-end
+/// headers (e.g. `Set-Cookie`) in a 101 with the accept key, or — over HTTP/2 — a 200.
+pub fn client_answer(offer: &ClientOffer, upstream: &Response<()>) -> Response<Body> {
     let mut response = Response::new(full(Vec::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     let skip = [
         header::SEC_WEBSOCKET_ACCEPT,
@@ -215,16 +242,22 @@ pub fn switching_protocols(offer: &ClientOffer, upstream: &Response<()>) -> Resp
         header::CONTENT_LENGTH,
     ];
     copy_end_to_end(upstream.headers(), headers, &skip);
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let accept = derive_accept_key(offer.key.as_bytes());
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
+    if let Some(key) = &offer.key {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        let accept = derive_accept_key(key.as_bytes());
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        );
+    }
     if let Some(protocol) = upstream.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
     }
+    *response.status_mut() = match offer.key {
+        Some(_) => StatusCode::SWITCHING_PROTOCOLS,
+        None => StatusCode::OK,
+    };
     response
 }
 
@@ -243,7 +276,7 @@ mod tests {
     #[test]
     fn upgrade_validation_statuses() {
         let status = |method: Method, h: HeaderMap, origins: &[String]| {
-            validate_upgrade(&method, &h, origins)
+            validate_upgrade(&method, None, &h, origins)
                 .err()
                 .map(|e| e.status().as_u16())
         };
@@ -292,6 +325,61 @@ mod tests {
         assert_eq!(
             status(Method::GET, with("origin", "https://app.example"), &allowed),
             None
+        );
+    }
+
+    #[test]
+    fn extended_connect_validation_statuses() {
+        let h2 = |protocol: Option<&str>, version: Option<&str>, origins: &[String]| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = version {
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h.insert(
+                header::ORIGIN,
+                HeaderValue::from_static("https://app.example"),
+            );
+            validate_upgrade(&Method::CONNECT, protocol, &h, origins)
+                .map(|offer| offer.key.is_none())
+                .map_err(|e| e.status().as_u16())
+        };
+        let allowed = vec!["https://app.example".to_owned()];
+        let other = vec!["https://other.example".to_owned()];
+        // No key over HTTP/2: the offer says so, and the answer is a 200.
+        assert_eq!(h2(Some("websocket"), Some("13"), &[]), Ok(true));
+        assert_eq!(h2(Some("WebSocket"), Some("13"), &allowed), Ok(true));
+        assert_eq!(h2(Some("websocket"), Some("13"), &other), Err(403));
+        assert_eq!(h2(Some("websocket"), Some("8"), &[]), Err(426));
+        assert_eq!(h2(Some("websocket"), None, &[]), Err(400));
+        assert_eq!(h2(Some("connect-udp"), Some("13"), &[]), Err(400));
+        assert_eq!(h2(None, Some("13"), &[]), Err(400));
+
+        let upstream = Response::builder()
+            .header(header::SEC_WEBSOCKET_PROTOCOL, "chat")
+            .body(())
+            .unwrap();
+        let answer = client_answer(&ClientOffer { key: None }, &upstream);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()[header::SEC_WEBSOCKET_PROTOCOL], "chat");
+        for hop in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            assert!(
+                !answer.headers().contains_key(&hop),
+                "{hop} in an HTTP/2 answer"
+            );
+        }
+        let key = Some(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        let answer = client_answer(&ClientOffer { key }, &upstream);
+        assert_eq!(answer.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            answer.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

@@ -772,10 +772,15 @@ impl TestCert {
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        holdfast::tls::server_config(&self.cert_path, &self.key_path).unwrap()
+        holdfast::tls::server_config(&self.cert_path, &self.key_path, false).unwrap()
     }
 
     pub fn client_connector(&self) -> tokio_rustls::TlsConnector {
+        self.client_connector_for(&[b"http/1.1"])
+    }
+
+    /// A connector that offers these ALPN protocols (`h2` for HTTP/2).
+    pub fn client_connector_for(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -785,7 +790,7 @@ impl TestCert {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
