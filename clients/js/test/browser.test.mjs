@@ -5,13 +5,14 @@
 // the page.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import http from "node:http";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { assertRollingUpdate, assertThreeCuts, cleanups, holdfastBin, keyFile, startApp, startHoldfast, startRelay } from "./harness.mjs";
+import { assertRollingUpdate, assertThreeCuts, cleanups, holdfastBin, keyFile, startApp, startHoldfast, startRelay, tempDir, waitFor } from "./harness.mjs";
 
 const CHROMIUM = process.env.TEST_CHROMIUM_BIN || "/usr/bin/chromium";
 const LIBRARY = new URL("../holdfast.mjs", import.meta.url);
@@ -120,6 +121,7 @@ async function serveSite() {
   });
   await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
   return {
+    port: server.address().port,
     url: `http://127.0.0.1:${server.address().port}/`,
     async stop() {
       server.closeAllConnections();
@@ -138,7 +140,7 @@ function bounded(what, promise, ms) {
 }
 
 /** Headless Chromium, closed by `clean`: a new page in it, with its console kept in `diag`. */
-async function launchPage(clean, diag) {
+async function launchPage(clean, diag, extraArgs = []) {
   const browser = await playwright.chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -151,6 +153,7 @@ async function launchPage(clean, diag) {
       // would catch the loopback address too without its EXCLUDE).
       "--no-proxy-server",
       "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+      ...extraArgs,
     ],
   });
   clean.add(() => bounded("closing Chromium", browser.close(), 5_000));
@@ -497,4 +500,72 @@ browserTest(
     assert.deepEqual(await bounded("the demo's exit", demo.exited, 40_000), { code: 0, signal: null });
   },
   launchPage,
+);
+
+// ---- HTTP/2 ----------------------------------------------------------------------------
+
+/** A self-signed certificate for 127.0.0.1 (openssl), as [cert, key] paths. */
+function selfSigned() {
+  const dir = tempDir();
+  const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+  ], { stdio: "ignore" });
+  return [cert, key];
+}
+
+browserTest(
+  "Chromium over HTTP/2: the page and its resumable WebSocket share one h2 connection, routed to two apps, held across a restart",
+  async ({ clean, diag, page }) => {
+    // A gateway in front of two apps: the site (plain HTTP, the default route) and the
+    // WebSocket app (route `app`, /ws). TLS, so Chromium speaks HTTP/2 to holdfast.
+    const site = await serveSite();
+    clean.add(() => site.stop());
+    const app = await startApp();
+    clean.add(() => app.stop());
+    diag.apps.push(["app", app]);
+    const [cert, key] = selfSigned();
+    const extra = [
+      "[listen.tls]",
+      `cert = ${JSON.stringify(cert)}`,
+      `key = ${JSON.stringify(key)}`,
+      "[[route]]",
+      'name = "app"',
+      'path_prefix = "/ws"',
+      "[route.upstream]",
+      `endpoints = ["ws://127.0.0.1:${app.port}"]`,
+    ].join("\n");
+    const holdfast = await startHoldfast({ upstreams: [site.port], key: keyFile(), extra, logLevel: LOG_LEVEL });
+    clean.add(() => holdfast.stop("SIGKILL"));
+    diag.holdfasts.push(["holdfast", holdfast]);
+    const origin = `https://127.0.0.1:${holdfast.port}`;
+
+    await page.goto(`${origin}/`);
+    await page.waitForFunction(() => window.app !== undefined, null, { timeout: 10_000 });
+    const pageProtocol = await page.evaluate(() => performance.getEntriesByType("navigation")[0].nextHopProtocol);
+    assert.equal(pageProtocol, "h2", "the page itself came over HTTP/2");
+
+    const opened = await page.evaluate((u) => window.app.open(u, ["chat"]), `wss://127.0.0.1:${holdfast.port}/ws/feed`);
+    assert.equal(opened.readyState, 1, "OPEN");
+    assert.equal(opened.resumable, true);
+    assert.equal(await holdfast.metric('holdfast_sessions_active{route="app",protocol="h2"}'), 1, "an HTTP/2 stream, routed to the app");
+
+    // The app closes the connection with 1012: holdfast holds this stream's session and
+    // re-dials; the page goes on streaming and sees every message once and no close.
+    await page.evaluate(() => window.app.stream(20, 5));
+    await pageWaitFor(page, "20 echoes", (s) => s.messages.length >= 20);
+    await page.evaluate(() => window.app.send("close 1012 restarting"));
+    await page.evaluate(() => window.app.stream(60, 10));
+    await waitFor("holdfast to open the app again", () => app.handshakes.length >= 2 || null);
+    await pageWaitFor(page, "the rest of the echoes", (s) => s.messages.length >= 60, { ms: 15_000 });
+    await sleep(250);
+    const seen = await seenBy(page);
+    const echoed = seen.messages.filter((m) => m.startsWith("v1:-:c-"));
+    assert.deepEqual(echoed, range(60, (i) => `v1:-:c-${i}`), "every message once, in order");
+    assert.deepEqual(seen.closes, []);
+    assert.equal(await holdfast.metric('holdfast_holds_total{outcome="resumed",route="app"}'), 1);
+    assert.equal(await holdfast.metric('holdfast_http_requests_total{status="200",route="default",protocol="h2"}'), 2, "the page and the library");
+  },
+  (clean, diag) => launchPage(clean, diag, ["--ignore-certificate-errors"]),
 );
