@@ -10,6 +10,7 @@
 mod compression;
 mod copy;
 mod echo;
+mod h2;
 mod library;
 mod load;
 mod procs;
@@ -66,6 +67,10 @@ struct Cli {
     /// echo against uncompressed and against nginx passing it through, memory per session).
     #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only"])]
     compression_only: bool,
+    /// Only the HTTP/2 table (WebSockets over HTTP/2 streams against HTTP/1.1, both over
+    /// TLS: CPU per 64 B echo, memory per idle session).
+    #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only"])]
+    h2_only: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -171,6 +176,11 @@ async fn run(mut cli: Cli) {
     }
     let dir = tempfile_dir();
     let with_nginx = !cli.no_nginx && procs::nginx_available();
+    if cli.h2_only {
+        h2::run(&dir, cli.rounds, cli.seconds, cli.connections, cli.sessions).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     if cli.compression_only {
         let (rounds, seconds) = (cli.rounds, cli.seconds);
         compression::run(
