@@ -140,3 +140,37 @@ fn a_worker_count_of_zero_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--workers"), "{stderr}");
 }
+
+#[test]
+fn check_lists_the_routes_in_match_order_and_warns_of_shadowed_ones() {
+    let (_dir, path) = write_config(
+        "[upstream]\nendpoints = [\"ws://127.0.0.1:9000\"]\n\
+         [[route]]\nname = \"ws\"\npath_prefix = \"/ws\"\n\
+         [route.upstream]\nendpoints = [\"ws://127.0.0.1:9100\"]\n\
+         [[route]]\nname = \"chat\"\nhost = \"*.example.com\"\npath_prefix = \"/ws/chat\"\n\
+         [route.restart]\nhold = false\n",
+    );
+    let out = holdfast(&["check", "--config", &path], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let listed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("#   ")).collect();
+    assert_eq!(listed.len(), 3, "{stdout}");
+    assert!(
+        listed[0].contains("1. ws: any host, path /ws -> ws://127.0.0.1:9100 (hold on"),
+        "{stdout}"
+    );
+    assert!(
+        listed[1].contains(
+            "2. chat: host *.example.com, path /ws/chat -> ws://127.0.0.1:9000 (hold off"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        listed[2].contains("3. default: any host, any path -> ws://127.0.0.1:9000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("# warning: route[1]: `chat` can never match: route[0] (`ws`)"),
+        "{stdout}"
+    );
+}

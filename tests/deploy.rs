@@ -63,5 +63,24 @@ fn every_configmap_holds_a_valid_proxy_toml() {
             grace > config.shutdown.drain_timeout.as_secs(),
             "{shape}: grace {grace}s"
         );
+        if shape == "gateway" {
+            // The gateway fronts two apps by path, and nothing else.
+            let routes: Vec<&str> = config.routes.iter().map(|r| &*r.name).collect();
+            assert_eq!(routes, ["chat", "feed"]);
+            let to = |path: &str| config.pick(Some("ws.example.com"), path).map(|r| &*r.name);
+            assert_eq!(to("/ws/chat/room"), Some("chat"));
+            assert_eq!(to("/ws/feed"), Some("feed"));
+            assert_eq!(to("/ws/chatter"), None);
+            let services = std::fs::read_to_string(root.join(shape).join("service.yaml")).unwrap();
+            for route in config.routes.iter() {
+                let endpoint = &route.view.upstream.endpoints[0];
+                assert!(
+                    services.contains(&format!("name: {}", endpoint.host)),
+                    "{}: no Service named {}",
+                    route.name,
+                    endpoint.host
+                );
+            }
+        }
     }
 }

@@ -285,3 +285,19 @@ async fn a_drain_sends_goaway_and_closes_every_stream_like_any_session() {
     .await;
     assert_eq!(proxy.shutdown().await, 0, "every session drained");
 }
+
+#[tokio::test]
+async fn with_http2_off_a_tls_client_gets_http1() {
+    let cert = TestCert::new();
+    let app = UpstreamBuilder::new().start().await;
+    let config = format!("{}[listen.http2]\nenabled = false\n", proxy_tls(&cert));
+    let proxy = Proxy::start(&[app.url()], &config).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = cert
+        .client_connector_for(&[b"h2", b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
