@@ -37,7 +37,14 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("h2-cert.pem"), dir.join("h2-key.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         // A leaf, not a CA: webpki refuses a CA certificate as a server's.
@@ -72,7 +79,10 @@ fn connector(cert: &Path, alpn: &[u8]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn tls(addr: SocketAddr, connector: &TlsConnector) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn tls(
+    addr: SocketAddr,
+    connector: &TlsConnector,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("connect to holdfast");
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
