@@ -301,3 +301,144 @@ async fn with_http2_off_a_tls_client_gets_http1() {
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
+
+/// A TLS connection to the proxy that chose `h2`, for clients that speak HTTP/2 themselves.
+async fn h2_tls(
+    proxy: &Proxy,
+    cert: &TestCert,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = cert
+        .client_connector_for(&[b"h2"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+#[tokio::test]
+async fn rapid_reset_gets_a_goaway_and_everyone_else_is_served() {
+    let cert = TestCert::new();
+    let app = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[app.url()], &proxy_tls(&cert)).await;
+    let mut sender = h2_connection(&proxy, &cert).await;
+    let mut bystander = open(&mut sender, "/bystander").await;
+
+    // CVE-2023-44487: open a stream and cancel it at once, again and again.
+    let (mut client, connection) = h2::client::handshake(h2_tls(&proxy, &cert).await)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    while sent < 10_000 && !connection.is_finished() {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let request = http::Request::get("https://localhost/").body(()).unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        if sent % 50 == 0 {
+            // Let the connection task write them out and read what the proxy says.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let ended = within("the attacker's connection to end", connection)
+        .await
+        .unwrap();
+    let error = ended.expect_err("closed by the proxy, not cleanly");
+    assert!(
+        error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "after {sent} resets: {error:?}"
+    );
+    assert!(sent < 10_000, "the proxy let {sent} resets through");
+
+    // Everyone else goes on: the session on the other connection, and new connections.
+    bystander.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        next_message(&mut bystander).await,
+        Message::text("still here")
+    );
+    let mut fresh = h2_connection(&proxy, &cert).await;
+    let mut ws = open(&mut fresh, "/after").await;
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("after"));
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = TestCert::new();
+    let app = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[app.url()], &proxy_tls(&cert)).await;
+    let mut tls = h2_tls(&proxy, &cert).await;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = Vec::with_capacity(9 + payload.len());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    // HEADERS without END_HEADERS (`:method GET`), then CONTINUATION frames that never end
+    // the block: each a literal header of 16 KiB, 64 MiB in all unless the proxy stops it.
+    tls.write_all(&frame(0x1, 0, 1, &[0x82])).await.unwrap();
+    // A new literal header `x-a` (HPACK: 0x40, name length, name) whose value's length is
+    // an integer of a 7-bit prefix (0x7f) and two continuation bytes.
+    let len: usize = 16 * 1024 - 8;
+    let rest = len - 127;
+    let mut literal = vec![0x40, 0x03, b'x', b'-', b'a', 0x7f];
+    literal.extend_from_slice(&[(rest & 0x7f) as u8 | 0x80, (rest >> 7) as u8]);
+    literal.resize(16 * 1024, b'y');
+    let flood = frame(0x9, 0, 1, &literal);
+    let cut_off = within("the proxy to cut the flood off", async {
+        for _ in 0..4096 {
+            if tls.write_all(&flood).await.is_err() {
+                return true;
+            }
+        }
+        // Everything was written (into buffers): the proxy must still end the connection.
+        let mut sink = Vec::new();
+        tls.read_to_end(&mut sink).await.map_or(true, |_| true)
+    })
+    .await;
+    assert!(cut_off);
+    // The proxy keeps serving.
+    let mut sender = h2_connection(&proxy, &cert).await;
+    let mut ws = open(&mut sender, "/after").await;
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("after"));
+}
+
+#[tokio::test]
+async fn a_connection_without_streams_is_closed_and_one_with_a_session_is_kept() {
+    let cert = TestCert::new();
+    let app = UpstreamBuilder::new().start().await;
+    let config = format!(
+        "{}[listen]\nhandshake_timeout = \"200ms\"\n",
+        proxy_tls(&cert)
+    );
+    let proxy = Proxy::start(&[app.url()], &config).await;
+    let mut idle = h2_connection(&proxy, &cert).await;
+    let mut busy = h2_connection(&proxy, &cert).await;
+    let mut ws = open(&mut busy, "/busy").await;
+    within("the idle connection's GOAWAY", async {
+        while idle.ready().await.is_ok() && !idle.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Many intervals later the session's connection is still there.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
+}

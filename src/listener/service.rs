@@ -55,11 +55,18 @@ pub async fn serve_h2<I>(io: I, conn: ConnInfo, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (h2, ping) = {
+    let (h2, ping, idle_after) = {
         let config = shared.config.load();
-        (config.listen.http2, config.websocket.ping_interval)
+        (
+            config.listen.http2,
+            config.websocket.ping_interval,
+            config.listen.handshake_timeout,
+        )
     };
     let shutdown = shared.shutdown.clone();
+    // Every request and session of the connection holds a clone of its permit: with none
+    // but this one and the service's, the connection has no stream open.
+    let permit = conn.permit.clone();
     let service = service_fn(move |req| {
         let (conn, shared) = (conn.clone(), shared.clone());
         async move { Ok::<_, Infallible>(handle(req, conn, shared).await) }
@@ -85,11 +92,31 @@ where
         .keep_alive_interval(ping);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    // A connection without a stream through a whole `handshake_timeout` is closed (GOAWAY),
+    // as an idle HTTP/1.1 connection is: it holds a `max_connections` permit.
+    let mut idle_check =
+        tokio::time::interval_at(tokio::time::Instant::now() + idle_after, idle_after);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_ticks = 0u8;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = idle_check.tick() => {
+                let open_streams = permit
+                    .as_ref()
+                    .map_or(0, |p| Arc::strong_count(p).saturating_sub(2));
+                idle_ticks = if open_streams == 0 { idle_ticks + 1 } else { 0 };
+                // No stream at two checks in a row, one interval apart.
+                if idle_ticks >= 2 {
+                    tracing::debug!("HTTP/2 connection idle: GOAWAY");
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+            }
         }
     };
     if let Err(e) = result {
