@@ -246,8 +246,7 @@ impl AppHandle {
             _ => needs_restart.push("listen.tls (turning TLS on or off)"),
         }
         log_routes(&new, &shared.metrics);
-        shared.retire_routes(&old, &new);
-        shared.config.store(Arc::new(new));
+        shared.swap_config(Arc::new(new));
         // Released after the store: a session that sees the new count reads the new config.
         shared.reloads.fetch_add(1, Ordering::Release);
         shared.metrics.config_reload(true);

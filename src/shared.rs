@@ -19,6 +19,9 @@ use crate::resume::token::Key;
 use crate::socket::ClientIo;
 use crate::upstream::Pool;
 
+/// Retired routes kept for their live sessions (routes are at most 256 per configuration).
+const MAX_RETIRED: usize = 256;
+
 /// State shared by every connection and session.
 pub struct Shared {
     /// The live configuration; sessions read it at decision points, so a reload reaches them.
@@ -65,18 +68,34 @@ impl Shared {
             .cloned()
     }
 
-    /// Called with the configuration a reload replaces and the one replacing it: the
-    /// routes that disappear are kept as retired, the ones that are back are live again.
-    pub fn retire_routes(&self, old: &Config, new: &Config) {
+    /// Swaps in `new` (a reload). The routes that disappear are kept as retired before
+    /// the swap, and the ones that are back are live again only after it, so a session
+    /// always finds its route in one place or the other. At most `MAX_RETIRED` retired
+    /// routes are kept (the oldest go first): a session whose route is forgotten keeps the
+    /// settings it started with.
+    pub fn swap_config(&self, new: Arc<Config>) {
         let mut retired = self.retired_routes.lock().expect("retired routes lock");
+        let old = self.config.load_full();
         for route in old.routes.iter() {
             if new.route_view(&route.name).is_none() {
                 retired.insert(route.name.clone(), route.view.clone());
             }
         }
+        self.config.store(new.clone());
         for route in new.routes.iter() {
             retired.remove(&route.name);
         }
+        while retired.len() > MAX_RETIRED {
+            let Some(oldest) = retired
+                .iter()
+                .min_by_key(|(_, view)| view.loaded_at)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            retired.remove(&oldest);
+        }
+        self.pool.keep_cursors(new.routes.iter().map(|r| &*r.name));
     }
 
     /// The key resume tokens are signed and checked with.
@@ -99,6 +118,8 @@ pub struct Attach {
     pub received: u64,
     pub peer: SocketAddr,
     pub deflate: Option<crate::deflate::Context>,
+    /// The new connection's `max_connections` permits, held while it is the session's.
+    pub permits: crate::http::Permits,
 }
 
 /// The resumable sessions of this process by id, each with the channel its task takes

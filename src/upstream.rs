@@ -113,8 +113,10 @@ pub struct Pool {
     /// sessions send every session of one route to the same member).
     next: Mutex<HashMap<String, usize>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
-    /// Per address: the `restart.max_reconnecting` it was created with, and its turns.
-    turns: Mutex<HashMap<SocketAddr, (usize, Arc<Semaphore>)>>,
+    /// Per address and `restart.max_reconnecting`: its turns. Keyed by both, so that
+    /// routes reaching one address with different limits each keep theirs, instead of
+    /// replacing one another's semaphore (and its spent permits) back and forth.
+    turns: Mutex<HashMap<(SocketAddr, usize), Arc<Semaphore>>>,
     resolver: Resolver,
 }
 
@@ -170,8 +172,19 @@ impl Pool {
             Some(cursor) => cursor,
             None => next.entry(route.to_owned()).or_default(),
         };
-        *cursor = cursor.wrapping_add(1);
-        *cursor - 1
+        let now = *cursor;
+        *cursor = now.wrapping_add(1);
+        now
+    }
+
+    /// Forgets the round-robin positions of routes `keep` does not name (after a reload:
+    /// renamed routes leave nothing behind).
+    pub fn keep_cursors<'a>(&self, keep: impl Iterator<Item = &'a str>) {
+        let keep: Vec<&str> = keep.collect();
+        self.next
+            .lock()
+            .expect("pool lock")
+            .retain(|route, _| keep.contains(&route.as_str()));
     }
 
     /// Resolves every endpoint now and returns the members in the order to try them:
@@ -232,16 +245,15 @@ impl Pool {
         }
         let turns = {
             let mut all = self.turns.lock().expect("pool lock");
-            match all.get(&addr) {
-                Some((made_for, turns)) if *made_for == limit => turns.clone(),
-                _ => {
-                    // New address, or a reload changed the limit (tries holding a turn of
-                    // the old semaphore finish on it). Addresses nobody waits on or
-                    // connects to are forgotten here, so pods coming and going leave
-                    // nothing behind.
-                    all.retain(|_, (_, turns)| Arc::strong_count(turns) > 1);
+            match all.get(&(addr, limit)) {
+                Some(turns) => turns.clone(),
+                None => {
+                    // New address, or a new limit (tries holding a turn of the old
+                    // semaphore finish on it). Addresses nobody waits on or connects to
+                    // are forgotten here, so pods coming and going leave nothing behind.
+                    all.retain(|_, turns| Arc::strong_count(turns) > 1);
                     let turns = Arc::new(Semaphore::new(limit));
-                    all.insert(addr, (limit, turns.clone()));
+                    all.insert((addr, limit), turns.clone());
                     turns
                 }
             }

@@ -376,7 +376,13 @@ async fn a_continuation_flood_is_cut_off() {
     let cert = TestCert::new();
     let app = UpstreamBuilder::new().start().await;
     let proxy = Proxy::start(&[app.url()], &proxy_tls(&cert)).await;
-    let mut tls = h2_tls(&proxy, &cert).await;
+    let (mut from_proxy, mut to_proxy) = tokio::io::split(h2_tls(&proxy, &cert).await);
+    // Everything the proxy sends, until it closes the connection.
+    let heard = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let _ = from_proxy.read_to_end(&mut bytes).await;
+        bytes
+    });
     let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
         let mut f = Vec::with_capacity(9 + payload.len());
         f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
@@ -385,38 +391,102 @@ async fn a_continuation_flood_is_cut_off() {
         f.extend_from_slice(payload);
         f
     };
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    to_proxy
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .unwrap();
-    tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    to_proxy.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
     // HEADERS without END_HEADERS (`:method GET`), then CONTINUATION frames that never end
-    // the block: each a literal header of 16 KiB, 64 MiB in all unless the proxy stops it.
-    tls.write_all(&frame(0x1, 0, 1, &[0x82])).await.unwrap();
-    // A new literal header `x-a` (HPACK: 0x40, name length, name) whose value's length is
-    // an integer of a 7-bit prefix (0x7f) and two continuation bytes.
+    // the block, 16 KiB each: 64 MiB in all unless the proxy stops it. Each is a new
+    // literal header `x-a` (HPACK: 0x40, name length, name) whose value's length is an
+    // integer of a 7-bit prefix (0x7f) and two continuation bytes.
+    to_proxy
+        .write_all(&frame(0x1, 0, 1, &[0x82]))
+        .await
+        .unwrap();
     let len: usize = 16 * 1024 - 8;
     let rest = len - 127;
     let mut literal = vec![0x40, 0x03, b'x', b'-', b'a', 0x7f];
     literal.extend_from_slice(&[(rest & 0x7f) as u8 | 0x80, (rest >> 7) as u8]);
     literal.resize(16 * 1024, b'y');
     let flood = frame(0x9, 0, 1, &literal);
-    let cut_off = within("the proxy to cut the flood off", async {
-        for _ in 0..4096 {
-            if tls.write_all(&flood).await.is_err() {
-                return true;
-            }
+    let mut written = 0;
+    within("the proxy to cut the flood off", async {
+        while written < 4096 && to_proxy.write_all(&flood).await.is_ok() {
+            written += 1;
         }
-        // Everything was written (into buffers): the proxy must still end the connection.
-        let mut sink = Vec::new();
-        tls.read_to_end(&mut sink).await.map_or(true, |_| true)
     })
     .await;
-    assert!(cut_off);
+    assert!(
+        written < 4096,
+        "the proxy took all 64 MiB of one header block"
+    );
+    let heard = within("the proxy to close the connection", heard)
+        .await
+        .unwrap();
+    // Its last words: a GOAWAY (type 7) with an error code, after its SETTINGS.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= heard.len() {
+        let len = u32::from_be_bytes([0, heard[at], heard[at + 1], heard[at + 2]]) as usize;
+        let payload = &heard[(at + 9).min(heard.len())..(at + 9 + len).min(heard.len())];
+        if heard[at + 3] == 0x7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
+    let code = goaway.expect("a GOAWAY from the proxy");
+    assert_ne!(code, 0, "GOAWAY with an error code, not NO_ERROR");
+
     // The proxy keeps serving.
     let mut sender = h2_connection(&proxy, &cert).await;
     let mut ws = open(&mut sender, "/after").await;
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("after"));
+}
+
+#[tokio::test]
+async fn each_websocket_stream_counts_in_max_connections() {
+    let cert = TestCert::new();
+    let app = UpstreamBuilder::new().start().await;
+    // One connection and two sessions.
+    let config = format!("{}[listen]\nmax_connections = 3\n", proxy_tls(&cert));
+    let proxy = Proxy::start(&[app.url()], &config).await;
+    let mut sender = h2_connection(&proxy, &cert).await;
+    let mut first = open(&mut sender, "/1").await;
+    let _second = open(&mut sender, "/2").await;
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://localhost/3")
+        .header("sec-websocket-version", "13")
+        .body(Empty::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 503, "a third session is over the limit");
+    // The first session's end gives its permit back.
+    first.close(None).await.unwrap();
+    assert!(matches!(next_message(&mut first).await, Message::Close(_)));
+    within("a permit to come back", async {
+        loop {
+            let mut request = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri("https://localhost/3")
+                .header("sec-websocket-version", "13")
+                .body(Empty::new())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            if sender.send_request(request).await.unwrap().status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -437,8 +507,8 @@ async fn a_connection_without_streams_is_closed_and_one_with_a_session_is_kept()
         }
     })
     .await;
-    // Many intervals later the session's connection is still there.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Several intervals later the session's connection is still there.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("still here"));
 }

@@ -44,6 +44,9 @@ pub struct Config {
     /// Problems that do not stop loading (a route that can never match), for the log and
     /// `holdfast check`.
     pub warnings: Vec<Problem>,
+    /// When this configuration was validated (the oldest retired routes are forgotten
+    /// first).
+    pub loaded_at: std::time::Instant,
 }
 
 /// The name of the route made of the top-level sections.

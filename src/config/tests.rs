@@ -433,6 +433,13 @@ fn without_top_level_endpoints_there_is_no_default_route() {
     assert!(c.pick(Some("other"), "/").is_none());
     // Without routes, an empty list is still a problem.
     assert_eq!(keys("[upstream]\nendpoints = []"), ["upstream.endpoints"]);
+    // A top-level problem is reported once, under its own key, not again for each route.
+    assert_eq!(
+        keys(
+            "[restart]\nmax_hold = \"x\"\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\npath_prefix = \"/b\""
+        ),
+        ["restart.max_hold"]
+    );
     // A route without endpoints of its own needs a default pool to share.
     assert_eq!(
         keys("[upstream]\nendpoints = []\n[[route]]\nname = \"a\"\npath_prefix = \"/a\""),

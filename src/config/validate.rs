@@ -358,7 +358,12 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
     };
 
     // [[route]]
-    let routes = routes(&mut c, raw, has_default);
+    let routes = routes(
+        &mut c,
+        raw,
+        has_default,
+        (&upstream, &restart, &policy, &rewrites),
+    );
 
     if c.failed {
         return None;
@@ -376,6 +381,7 @@ pub fn validate(raw: &RawConfig, report: &mut dyn FnMut(&str, String)) -> Option
         route: Arc::from(DEFAULT_ROUTE),
         routes: Arc::from([]),
         warnings: std::mem::take(&mut c.warnings),
+        loaded_at: std::time::Instant::now(),
     };
     // Each route's view: the whole configuration with the route's sections in place.
     let mut built: Vec<Route> = routes
@@ -427,7 +433,12 @@ const MAX_ROUTES: usize = 256;
 
 /// `[[route]]`: names, matchers, and each overridden section laid over the top-level one.
 /// A route that an earlier one leaves nothing to match is a warning, not an error.
-fn routes(c: &mut Checker, raw: &RawConfig, has_default: bool) -> Vec<RouteParts> {
+fn routes(
+    c: &mut Checker,
+    raw: &RawConfig,
+    has_default: bool,
+    top: (&Option<Upstream>, &Restart, &Policy, &[RewriteRule]),
+) -> Vec<RouteParts> {
     if raw.route.len() > MAX_ROUTES {
         c.problem(
             "route",
@@ -477,25 +488,35 @@ fn routes(c: &mut Checker, raw: &RawConfig, has_default: bool) -> Vec<RouteParts
                 .ok()
         });
         let matcher = Matcher { host, path_prefix };
-        let upstream_raw = route_section(c, &at, "upstream", &raw.upstream, &r.upstream);
-        let restart_raw = route_section(c, &at, "restart", &raw.restart, &r.restart);
-        let policy_raw = route_section(c, &at, "policy", &raw.policy, &r.policy);
-        let upstream = upstream_raw.and_then(|u| {
-            if u.endpoints.is_empty() && !has_default {
+        // A section the route does not override is the top-level one, validated (and its
+        // problems reported) once, under its own keys.
+        let upstream = match &r.upstream {
+            None if !has_default => {
                 c.problem(
                     &key("upstream.endpoints"),
                     "needs at least one ws:// or wss:// endpoint (there is no top-level \
                      [upstream] to share)",
                 );
-                return None;
+                None
             }
-            upstream(c, &at, &u, true)
-        });
-        let restart = restart_raw.map(|r| restart(c, &at, &r));
-        let policy = policy_raw.map(|p| policy(c, &at, &p));
+            None => top.0.clone(),
+            Some(_) => route_section(c, &at, "upstream", &raw.upstream, &r.upstream)
+                .and_then(|u| upstream(c, &at, &u, true)),
+        };
+        let restart = match &r.restart {
+            None => Some(top.1.clone()),
+            Some(_) => route_section(c, &at, "restart", &raw.restart, &r.restart)
+                .map(|r| restart(c, &at, &r)),
+        };
+        let policy = match &r.policy {
+            None => Some(top.2.clone()),
+            Some(_) => {
+                route_section(c, &at, "policy", &raw.policy, &r.policy).map(|p| policy(c, &at, &p))
+            }
+        };
         let rewrites = match &r.rewrite {
             Some(list) => rewrites(c, &at, list),
-            None => rewrites(c, "", &raw.rewrite),
+            None => top.3.to_vec(),
         };
         if let (Some(upstream), Some(restart), Some(policy)) = (upstream, restart, policy) {
             parts.push(RouteParts {

@@ -81,13 +81,13 @@ async fn pass(
     });
 
     let (parts, body) = req.into_parts();
-    // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
-    let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The host the request was routed by (`headers::request_host`): the URI's authority
+    // (HTTP/2's `:authority`, an absolute-form target) before `Host`.
+    let forwarded_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     let mut builder = Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));

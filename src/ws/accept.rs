@@ -137,6 +137,7 @@ fn returning(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
+    config: &Arc<Config>,
     offer: &handshake::ClientOffer,
     target: Result<Return, String>,
 ) -> Response<Body> {
@@ -145,12 +146,17 @@ fn returning(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(resume::SUBPROTOCOL),
     );
-    let config = shared.config.load_full();
+    let config = config.clone();
     // The new connection negotiates compression of its own, whatever the last one had.
     let deflate = negotiate_deflate(&mut response, req.headers(), &config, &shared);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = super::limits(&config.websocket);
     let peer = conn.peer;
+    // Held until the connection is closed here or handed to its session.
+    let Some(permits) = conn.session_permits(&shared.connections) else {
+        shared.metrics.handshake_rejected(503, &conn.unrouted());
+        return HandshakeError::Overloaded.into_response();
+    };
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         // A client returning to a session stays off this worker's ring: the session's
@@ -177,6 +183,7 @@ fn returning(
                     received,
                     peer,
                     deflate,
+                    permits,
                 });
                 match session.send(attach).await {
                     Ok(()) => return,
@@ -322,12 +329,16 @@ pub async fn accept(
         );
         match target {
             Ok(Return::Move(claims, received)) => moved = Some((claims, received)),
-            other => return returning(req, conn, shared.clone(), &offer, other),
+            other => return returning(req, conn, shared.clone(), &config, &offer, other),
         }
     }
     let (id, resumes) = match &moved {
         Some((claims, _)) => (claims.session, claims.resumes.saturating_add(1)),
         None => (rand::random::<u64>(), 0),
+    };
+    // An HTTP/2 stream's session takes a `max_connections` permit of its own.
+    let Some(permits) = conn.session_permits(&shared.connections) else {
+        return reject(HandshakeError::Overloaded);
     };
     let session_id = session_name(id);
     let template = {
@@ -390,6 +401,8 @@ pub async fn accept(
         expires_in,
         resume,
         labels: labels.clone(),
+        view: config.clone(),
+        permits,
     };
     let upstream = upstream.socket;
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -397,7 +410,6 @@ pub async fn accept(
     let shutdown = shared.shutdown.child_token();
     let shared_for_session = shared.clone();
     shared.tracker.spawn(async move {
-        let permit = conn.permit;
         let upgraded = match on_upgrade.await.map_err(std::io::Error::other).and_then(|u| client_io(u, true)) {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -419,7 +431,6 @@ pub async fn accept(
         tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
         let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
         session.run(upstream).await;
-        drop(permit);
     });
     response
 }

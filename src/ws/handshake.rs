@@ -125,7 +125,8 @@ impl UpstreamTemplate {
             .collect();
         let mut headers = HeaderMap::new();
         copy_end_to_end(client_headers, &mut headers, &skip);
-        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
+        // The host the request was routed by (`http::headers::request_host`): the URI's
+        // authority (HTTP/2's `:authority`, an absolute-form target) before `Host`.
         let authority = uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
@@ -133,7 +134,7 @@ impl UpstreamTemplate {
             &mut headers,
             peer,
             tls,
-            client_headers.get(header::HOST).or(authority.as_ref()),
+            authority.as_ref().or(client_headers.get(header::HOST)),
             true,
         );
         headers.insert(

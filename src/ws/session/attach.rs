@@ -201,6 +201,8 @@ where
             complete_close(&mut replaced, vec![goodbye]).await;
         });
         self.peer = attach.peer;
+        // The returning connection counts in `max_connections` now, the lost one no more.
+        self.client_permits = attach.permits;
         self.client_keepalive = Keepalive::new();
         self.shared.metrics.client_resume(match start {
             Start::Moved => "moved",

@@ -106,12 +106,21 @@ pub struct Opened {
     pub resume: Option<(Box<Resumable>, Start)>,
     /// The session's route and protocol; the route's settings are read by name.
     pub labels: SessionLabels,
+    /// The route's settings the session was opened with.
+    pub view: Arc<Config>,
+    /// The client connection's `max_connections` permits.
+    pub permits: crate::http::Permits,
 }
 
 pub struct Session<C> {
     pub(crate) id: String,
     /// The route (its settings are looked up by this name) and the protocol.
     pub(crate) labels: SessionLabels,
+    /// The route's settings at the start: what the session keeps if its route is ever
+    /// found nowhere (removed by a reload and since forgotten).
+    start_view: Arc<Config>,
+    /// The `max_connections` permits of the client's current connection.
+    client_permits: crate::http::Permits,
     pub(crate) peer: SocketAddr,
     client: WsConn<C>,
     /// How to open the upstream again, the same way as the first time.
@@ -204,15 +213,15 @@ where
         let now = Instant::now();
         // Read before the config: a reload in between is seen at the first message.
         let reloads_seen = shared.reloads.load(Ordering::Acquire);
-        let (replay_first, rate_limit) = {
-            let config = shared
-                .route_view(&opened.labels.route)
-                .unwrap_or_else(|| shared.config.load_full());
-            (config.restart.replay_first as u64, config.policy.rate_limit)
-        };
+        let (replay_first, rate_limit) = (
+            opened.view.restart.replay_first as u64,
+            opened.view.policy.rate_limit,
+        );
         Self {
             id: opened.template.session_id.clone(),
             labels: opened.labels,
+            start_view: opened.view,
+            client_permits: opened.permits,
             peer,
             client,
             template: opened.template,
@@ -399,7 +408,7 @@ where
     pub(crate) fn view(&self) -> Arc<Config> {
         self.shared
             .route_view(&self.labels.route)
-            .unwrap_or_else(|| self.shared.config.load_full())
+            .unwrap_or_else(|| self.start_view.clone())
     }
 
     /// The client socket.
