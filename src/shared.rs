@@ -109,6 +109,15 @@ impl Shared {
     }
 }
 
+/// What a WebSocket session holds of `max_connections`: its client connection's permit
+/// and, on an HTTP/2 stream, one of its own — every session has an upstream connection, so
+/// sessions multiplexed on one client connection count one each.
+#[derive(Default)]
+pub struct Permits {
+    pub connection: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    pub stream: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// A returning resumable client, handed to its session's task: its connection (after the
 /// 101, with the bytes hyper read past the request), how many of the session's messages
 /// it has received, and the compression its new connection negotiated.
@@ -119,7 +128,7 @@ pub struct Attach {
     pub peer: SocketAddr,
     pub deflate: Option<crate::deflate::Context>,
     /// The new connection's `max_connections` permits, held while it is the session's.
-    pub permits: crate::http::Permits,
+    pub permits: Permits,
 }
 
 /// The resumable sessions of this process by id, each with the channel its task takes

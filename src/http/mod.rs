@@ -20,24 +20,18 @@ pub use refusal::HandshakeError;
 /// The largest request head (request line and headers) accepted, in bytes.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
-/// What a WebSocket session holds of `max_connections`: its client connection's permit
-/// and, on an HTTP/2 stream, one of its own — every session has an upstream connection, so
-/// sessions multiplexed on one client connection count one each.
-#[derive(Default)]
-pub struct Permits {
-    pub connection: Option<Arc<OwnedSemaphorePermit>>,
-    pub stream: Option<OwnedSemaphorePermit>,
-}
-
 impl ConnInfo {
     /// The permits a session on this connection holds; `None` over `max_connections`
     /// (an HTTP/2 stream when every permit is taken).
-    pub fn session_permits(&self, all: &Arc<tokio::sync::Semaphore>) -> Option<Permits> {
+    pub fn session_permits(
+        &self,
+        all: &Arc<tokio::sync::Semaphore>,
+    ) -> Option<crate::shared::Permits> {
         let stream = match self.protocol {
             "h2" => Some(all.clone().try_acquire_owned().ok()?),
             _ => None,
         };
-        Some(Permits {
+        Some(crate::shared::Permits {
             connection: self.permit.clone(),
             stream,
         })

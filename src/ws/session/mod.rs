@@ -109,7 +109,7 @@ pub struct Opened {
     /// The route's settings the session was opened with.
     pub view: Arc<Config>,
     /// The client connection's `max_connections` permits.
-    pub permits: crate::http::Permits,
+    pub permits: crate::shared::Permits,
 }
 
 pub struct Session<C> {
@@ -120,7 +120,7 @@ pub struct Session<C> {
     /// found nowhere (removed by a reload and since forgotten).
     start_view: Arc<Config>,
     /// The `max_connections` permits of the client's current connection.
-    client_permits: crate::http::Permits,
+    client_permits: crate::shared::Permits,
     pub(crate) peer: SocketAddr,
     client: WsConn<C>,
     /// How to open the upstream again, the same way as the first time.
