@@ -8,7 +8,7 @@
 //! rustls; the upstream is the bench's echo server, reached over HTTP/1.1 in every case.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,34 +32,6 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 type Ws = WebSocketStream<Box<dyn Io>>;
-
-/// A self-signed certificate for 127.0.0.1 in `dir` (openssl), as (cert, key) paths.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("h2-cert.pem"), dir.join("h2-key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        // A leaf, not a CA: webpki refuses a CA certificate as a server's.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (apt-get install openssl) makes the benchmark's certificate");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
-}
 
 fn connector(cert: &Path, alpn: &[u8]) -> TlsConnector {
     use rustls::pki_types::CertificateDer;
@@ -219,7 +191,7 @@ pub async fn run(dir: &Path, rounds: usize, seconds: f64, connections: usize, se
         .parse()
         .expect("addr");
     let (_echo, _) = procs::start_echo(echo_addr);
-    let (cert, key) = certificate(dir);
+    let (cert, key) = procs::certificate(dir);
     let extra = format!("[listen.tls]\ncert = {cert:?}\nkey = {key:?}\n");
 
     let holdfast = procs::start_holdfast_with(&procs::holdfast_binary(), dir, echo_addr, &extra);

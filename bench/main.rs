@@ -13,6 +13,7 @@ mod echo;
 mod h2;
 mod library;
 mod load;
+mod peers;
 mod procs;
 #[cfg(target_os = "linux")]
 mod uring_copy;
@@ -71,6 +72,11 @@ struct Cli {
     /// TLS: CPU per 64 B echo, memory per idle session).
     #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only"])]
     h2_only: bool,
+    /// Only the third-party peers' table: holdfast, nginx and HAProxy under k6 (the load
+    /// generator) with Node's `ws` as the upstream, plain and with TLS towards clients;
+    /// then memory per idle session at 1,000, 4,000 and 9,000 sessions.
+    #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only", "h2_only"])]
+    peers: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -176,6 +182,11 @@ async fn run(mut cli: Cli) {
     }
     let dir = tempfile_dir();
     let with_nginx = !cli.no_nginx && procs::nginx_available();
+    if cli.peers {
+        peers::run(&dir, cli.rounds, cli.seconds, cli.connections, &cli.sizes).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     if cli.h2_only {
         h2::run(&dir, cli.rounds, cli.seconds, cli.connections, cli.sessions).await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,5 +1,6 @@
-//! The processes a benchmark run starts (echo upstream, holdfast, nginx) and what it reads
-//! of them from /proc: CPU time and resident memory, children (nginx workers) included.
+//! The processes a benchmark run starts (echo upstreams, holdfast, nginx, HAProxy) and
+//! what it reads of them from /proc: CPU time and resident memory, children (nginx
+//! workers) included.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -230,6 +231,34 @@ pub fn start_holdfast_with(binary: &Path, dir: &Path, upstream: SocketAddr, extr
     Proc { child, addr }
 }
 
+/// A self-signed certificate for 127.0.0.1 in `dir` (openssl), as (cert, key) paths.
+pub fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("h2-cert.pem"), dir.join("h2-key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: webpki refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (apt-get install openssl) makes the benchmark's certificate");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
 pub fn nginx_available() -> bool {
     Command::new("nginx")
         .arg("-v")
@@ -240,10 +269,29 @@ pub fn nginx_available() -> bool {
 
 /// nginx as a WebSocket reverse proxy in front of `upstream`, as its docs configure it.
 pub fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proc {
+    start_nginx_with(dir, upstream, None, "auto")
+}
+
+/// Like `start_nginx`, with TLS towards clients (`tls`: certificate and key) and
+/// `workers` worker processes.
+pub fn start_nginx_with(
+    dir: &Path,
+    upstream: SocketAddr,
+    tls: Option<(&Path, &Path)>,
+    workers: &str,
+) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let d = dir.display();
+    let listen = match tls {
+        None => format!("listen {addr};"),
+        Some((cert, key)) => format!(
+            "listen {addr} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+    };
     let conf = format!(
-        r#"worker_processes auto;
+        r#"worker_processes {workers};
 worker_rlimit_nofile 20000;
 daemon off;
 pid {d}/nginx.pid;
@@ -258,7 +306,7 @@ http {{
   scgi_temp_path {d}/scgi;
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   server {{
-    listen {addr};
+    {listen}
     location / {{
       proxy_pass http://{upstream};
       proxy_http_version 1.1;
@@ -271,7 +319,7 @@ http {{
 }}
 "#
     );
-    let path = dir.join("nginx.conf");
+    let path = dir.join(format!("nginx-{}.conf", addr.port()));
     std::fs::write(&path, conf).expect("write nginx.conf");
     let child = Command::new("nginx")
         .args([
@@ -284,5 +332,63 @@ http {{
         .spawn()
         .expect("start nginx");
     wait_listening(addr, "nginx");
+    Proc { child, addr }
+}
+
+pub fn haproxy_available() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// HAProxy in front of `upstream` (HTTP mode, which passes WebSocket upgrades through),
+/// with `threads` threads and, with `tls` (a PEM of certificate and key), TLS towards
+/// clients.
+pub fn start_haproxy(dir: &Path, upstream: SocketAddr, tls: Option<&Path>, threads: usize) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let bind = match tls {
+        None => format!("bind {addr}"),
+        Some(pem) => format!("bind {addr} ssl crt {}", pem.display()),
+    };
+    let conf = format!(
+        r#"global
+  nbthread {threads}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend websockets
+  {bind}
+  default_backend app
+backend app
+  server app {upstream}
+"#
+    );
+    let path = dir.join(format!("haproxy-{}.cfg", addr.port()));
+    std::fs::write(&path, conf).expect("write haproxy.cfg");
+    let child = Command::new("haproxy")
+        .args(["-db", "-f", path.to_str().expect("utf-8 path")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    wait_listening(addr, "haproxy");
+    Proc { child, addr }
+}
+
+/// Node's `ws` as the echo upstream (scripts/ws-peer.mjs; `npm ci` in clients/js first).
+pub fn start_node_ws(addr: SocketAddr) -> Proc {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ws-peer.mjs");
+    let child = Command::new("node")
+        .arg(script)
+        .args(["echo", &addr.port().to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start node (scripts/ws-peer.mjs)");
+    wait_listening(addr, "node ws");
     Proc { child, addr }
 }
