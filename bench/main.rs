@@ -72,11 +72,12 @@ struct Cli {
     /// TLS: CPU per 64 B echo, memory per idle session).
     #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only"])]
     h2_only: bool,
-    /// Only the third-party peers' table: holdfast, nginx and HAProxy under k6 (the load
-    /// generator) with Node's `ws` as the upstream, plain and with TLS towards clients;
-    /// then memory per idle session at 1,000, 4,000 and 9,000 sessions.
-    #[arg(long, conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only", "h2_only"])]
-    peers: bool,
+    /// Only the peers' table: holdfast, nginx and HAProxy, plain and (third-party) with
+    /// TLS towards clients, then memory per idle session at 1,000, 4,000 and 9,000
+    /// sessions. `third-party`: k6 drives the load, Node's `ws` echoes; `ours`: this
+    /// benchmark's own load generator and echo server.
+    #[arg(long, value_parser = ["third-party", "ours"], conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only", "h2_only"])]
+    peers: Option<String>,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -182,8 +183,20 @@ async fn run(mut cli: Cli) {
     }
     let dir = tempfile_dir();
     let with_nginx = !cli.no_nginx && procs::nginx_available();
-    if cli.peers {
-        peers::run(&dir, cli.rounds, cli.seconds, cli.connections, &cli.sizes).await;
+    if let Some(set) = &cli.peers {
+        let set = match set.as_str() {
+            "ours" => peers::PeerSet::Ours,
+            _ => peers::PeerSet::ThirdParty,
+        };
+        peers::run(
+            &dir,
+            set,
+            cli.rounds,
+            cli.seconds,
+            cli.connections,
+            &cli.sizes,
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }

