@@ -9,9 +9,13 @@
 //!
 //! * a read arms a `recv` into a buffer the kernel picks from the worker's pool
 //!   (`buf_ring.rs`) when data arrives (an idle socket owns no buffer); the reader copies out
-//!   of it and the buffer goes back to the pool;
+//!   of it and the buffer goes back to the pool. A reader with room for more than a pool
+//!   buffer (the rest of a large frame) first takes what the socket has with one `recv`
+//!   straight into its own buffer;
 //! * a write copies into the stream's outgoing buffer and returns at once; everything the
-//!   worker's tasks wrote in one pass goes to the kernel together;
+//!   worker's tasks wrote in one pass goes to the kernel together. A write of a pool
+//!   buffer's size or more with nothing queued before it goes out at once with one
+//!   `sendmsg`, and only what the socket does not take is copied;
 //! * `flush` (the runtime's `on_thread_park` hook, and a task woken through an eventfd the
 //!   ring signals) submits what is queued, lets the kernel run the deferred completions and
 //!   wakes the tasks whose reads or writes finished (`driver.rs`).

@@ -13,7 +13,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::DRIVER;
+use super::buf_ring::BUF_SIZE;
 use super::driver::{CANCEL, Driver, OUT_CAP, RECV, Ready, Slot, send_now};
+
+/// A read with room for more than a pool buffer holds (the rest of a large frame) first
+/// takes what the socket has straight into the reader's buffer, with one `recv`: a pool
+/// buffer at a time would cost a copy and a wake-up per 16 KiB.
+const DIRECT_READ: usize = BUF_SIZE;
+/// A write this large, with nothing queued before it, goes to the socket at once with one
+/// `sendmsg`; only what the socket does not take is copied into the outgoing buffer.
+const DIRECT_WRITE: usize = BUF_SIZE;
 
 /// A plain TCP connection on this worker's ring.
 #[derive(Debug)]
@@ -31,6 +40,55 @@ fn wait_with(waiting: &mut Option<Waker>, cx: &Context<'_>) {
     if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
         *waiting = Some(cx.waker().clone());
     }
+}
+
+/// One `recv` without waiting, into `buf`'s unfilled part.
+fn recv_now(socket: &std::net::TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: the kernel only writes into `room` (it never de-initialises bytes), which is
+    // the caller's buffer, live and writable for the whole call; the descriptor is
+    // `socket`'s own, open for the call. No ring receive is in flight on this socket
+    // (checked by the caller), so none races this one for the stream's bytes.
+    let n = unsafe {
+        let room = buf.unfilled_mut();
+        libc::recv(
+            socket.as_raw_fd(),
+            room.as_mut_ptr().cast(),
+            room.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel wrote the first `n` bytes of `room`.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
+}
+
+/// One `sendmsg` of `bufs` without waiting; how many bytes the socket took.
+fn send_vectored_now(socket: &std::net::TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let count = bufs.len().min(libc::UIO_MAXIOV as usize);
+    // SAFETY: an all-zero `msghdr` is a valid empty one (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix; the kernel only reads through it.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = count as _;
+    // SAFETY: `msg` points at `count` live `iovec`s over the caller's buffers, valid for
+    // the call; the descriptor is `socket`'s own. The socket has no ring send in flight and
+    // nothing queued (checked by the caller), so these bytes are the next on the stream.
+    let n = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn errno(code: i32) -> io::Error {
@@ -134,15 +192,35 @@ impl RingStream {
                 return Poll::Ready(Err(errno(code)));
             }
             let room = OUT_CAP.saturating_sub(s.out.len());
-            if bufs.iter().all(|b| b.is_empty()) {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if total == 0 {
                 return Poll::Ready(Ok(0));
             }
             if room == 0 {
                 wait_with(&mut s.writer, cx);
                 return Poll::Pending;
             }
+            let mut sent = 0;
+            if total >= DIRECT_WRITE && s.all_sent() {
+                match send_vectored_now(&s.socket, bufs) {
+                    Ok(n) if n == total => return Poll::Ready(Ok(n)),
+                    Ok(n) => sent = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        s.write_error = e.raw_os_error();
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            // What the socket did not take, as far as there is room.
+            let mut skip = sent;
             let mut taken = 0;
             for b in bufs {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                let b = &b[std::mem::take(&mut skip)..];
                 let n = b.len().min(room - taken);
                 s.out.extend_from_slice(&b[..n]);
                 taken += n;
@@ -150,6 +228,7 @@ impl RingStream {
                     break;
                 }
             }
+            let taken = sent + taken;
             if !s.queued {
                 s.queued = true;
                 driver.dirty.push(key);
@@ -200,6 +279,17 @@ impl AsyncRead for RingStream {
             }
             if s.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if buf.remaining() >= DIRECT_READ && !s.recv_in_flight {
+                match recv_now(&s.socket, buf) {
+                    Ok(0) => {
+                        s.eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(_) => return Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
             wait_with(&mut s.reader, cx);
             if !s.recv_in_flight && !driver.starved.contains(&key) {
