@@ -20,8 +20,11 @@ pub use super::slot::{Ready, Slot, send_now};
 pub const GROUP: u16 = 0;
 /// A stream takes this many bytes from writers before the kernel has taken the earlier ones.
 pub const OUT_CAP: usize = 256 * 1024;
-/// Outgoing buffers larger than this are given back once sent (an idle stream keeps little).
+/// Outgoing buffers larger than this are freed once sent; smaller ones go to the worker's
+/// spares, so an idle stream holds none.
 const OUT_KEEP: usize = 4 * 1024;
+/// Spare outgoing buffers a worker keeps (at most `OUT_KEEP` bytes each).
+const SPARES: usize = 128;
 /// Passes of submit-and-complete one `flush` makes at most before leaving the rest to the
 /// driver task.
 const PASSES: usize = 32;
@@ -58,6 +61,9 @@ pub struct Driver {
     pub wake: Vec<Waker>,
     /// The driver is being dropped: completions are recorded, nothing new is started.
     closing: bool,
+    /// Outgoing buffers of streams that had nothing more to send, for the next writer: a
+    /// buffer per stream would stay with every idle session.
+    pub spare: Vec<Vec<u8>>,
     /// Wakes the drive task when a flush stopped with work left (the park hook cannot wait
     /// for it, and queued submissions make the kernel signal nothing).
     pub kick: std::sync::Arc<tokio::sync::Notify>,
@@ -77,6 +83,7 @@ impl Driver {
             completions: Vec::new(),
             wake: Vec::new(),
             closing: false,
+            spare: Vec::new(),
             kick: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -306,7 +313,18 @@ impl Driver {
                     return;
                 }
                 slot.sending.clear();
-                if slot.sending.capacity() > OUT_KEEP {
+                if slot.out.is_empty() {
+                    // Nothing more to send: the stream keeps no buffer while it is idle.
+                    for buffer in [
+                        std::mem::take(&mut slot.sending),
+                        std::mem::take(&mut slot.out),
+                    ] {
+                        let capacity = buffer.capacity();
+                        if capacity > 0 && capacity <= OUT_KEEP && self.spare.len() < SPARES {
+                            self.spare.push(buffer);
+                        }
+                    }
+                } else if slot.sending.capacity() > OUT_KEEP {
                     slot.sending = Vec::new();
                 }
                 if !slot.out.is_empty() && !slot.queued && !slot.dropped {

@@ -212,6 +212,13 @@ impl RingStream {
                     }
                 }
             }
+            // An idle stream holds no outgoing buffer: it takes one of the worker's spares.
+            if s.out.capacity() == 0
+                && let Some(spare) = driver.spare.pop()
+            {
+                driver.slot(key).out = spare;
+            }
+            let s = driver.slot(key);
             // What the socket did not take, as far as there is room.
             let mut skip = sent;
             let mut taken = 0;

@@ -314,6 +314,39 @@ fn written_waits_for_the_send_and_reports_its_failure() {
     });
 }
 
+/// A stream whose writes have all been sent holds no outgoing buffer (an idle session's
+/// memory); its buffers go to the worker's spares and the next write takes one back.
+#[test]
+fn an_idle_stream_holds_no_outgoing_buffer() {
+    on_ring(async {
+        let (mut ours, mut theirs) = pair().await;
+        let buffers = |d: &mut driver::Driver| {
+            let key = d.slots.iter().position(Option::is_some).expect("our slot") as u32;
+            let slot = d.slot(key);
+            (slot.out.capacity() + slot.sending.capacity(), d.spare.len())
+        };
+        let mut got = [0u8; 5];
+        for round in 0..3 {
+            ours.write_all(b"hello").await.unwrap();
+            std::future::poll_fn(|cx| ours.poll_written(cx))
+                .await
+                .unwrap();
+            theirs.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello");
+            let (held, spares) =
+                DRIVER.with(|d| buffers(d.borrow_mut().as_mut().expect("a driver")));
+            assert_eq!(
+                held, 0,
+                "round {round}: the stream keeps {held} bytes of buffer"
+            );
+            assert_eq!(
+                spares, 1,
+                "round {round}: one buffer, reused, among the spares"
+            );
+        }
+    });
+}
+
 /// The driver goes with its thread, perhaps with receives still armed: dropping it cancels
 /// them and waits for their completions before the pool they would write into is freed.
 #[test]

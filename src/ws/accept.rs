@@ -20,7 +20,7 @@ use crate::http::{Body, ConnInfo, HandshakeError};
 use crate::policy::token;
 use crate::resume::{self, token::credentials};
 use crate::shared::{Attach, Shared};
-use crate::socket::client_io;
+use crate::socket::{ClientIo, client_io};
 use crate::upstream::{self, Member};
 
 /// A session's id as the upstream sees it (`X-Holdfast-Session`) and logs name it.
@@ -253,6 +253,90 @@ fn resume_settings(
     }
 }
 
+/// What a session task needs until the client's upgrade completes, in one box: a task's
+/// future keeps whatever its `async` block captured for as long as it runs, so the session
+/// would carry these bytes for its whole life; boxed, it carries a pointer, and the box goes
+/// when the session starts.
+struct Starting {
+    upstream: crate::ws::UpstreamWs,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    session_id: String,
+    opened: session::Opened,
+    peer: std::net::SocketAddr,
+    deflate: Option<crate::deflate::Context>,
+    limits: crate::codec::Limits,
+    shutdown: tokio_util::sync::CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl Starting {
+    /// The session task: the upgrade, then the session.
+    async fn run(self: Box<Self>) {
+        // `let … else`, not `if let`: the `if let`'s scrutinee would stay in the task's
+        // future for the whole session.
+        let Some((session, upstream)) = self.start().await else {
+            return;
+        };
+        session.run(upstream).await;
+    }
+
+    /// Waits for the client's upgrade; the session and its upstream, or `None` when the
+    /// client never completed it (the upstream is closed with 1001).
+    async fn start(
+        self: Box<Self>,
+    ) -> Option<(Box<session::Session<ClientIo>>, crate::ws::UpstreamWs)> {
+        let Starting {
+            upstream,
+            on_upgrade,
+            session_id,
+            opened,
+            peer,
+            deflate,
+            limits,
+            shutdown,
+            shared,
+        } = *self;
+        let upgraded = match on_upgrade
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|u| client_io(u, true))
+        {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
+                shared
+                    .metrics
+                    .session_ended(crate::metrics::SessionOutcome::Error, &opened.labels);
+                let mut upstream = upstream;
+                let going_away = crate::close::Close::new(
+                    crate::close::GOING_AWAY,
+                    "client did not complete the upgrade",
+                );
+                session::closing::complete_close(
+                    &mut upstream,
+                    vec![close_message(Some(going_away))],
+                )
+                .await;
+                return None;
+            }
+        };
+        let client = {
+            // `already_read` shares hyper's whole read buffer: `new` copies what is in it,
+            // and the buffer goes before the session starts.
+            let (io, already_read) = upgraded;
+            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
+                .with_deflate(deflate)
+        };
+        tracing::debug!(session = %session_id, peer = %peer, "session started");
+        Some((
+            Box::new(session::Session::new(
+                client, opened, peer, shared, shutdown,
+            )),
+            upstream,
+        ))
+    }
+}
+
 /// Handles a WebSocket upgrade: validate, open the upstream first, answer 101, and spawn
 /// the session task on the upgraded connection.
 pub async fn accept(
@@ -404,33 +488,18 @@ pub async fn accept(
         view: config.clone(),
         permits,
     };
-    let upstream = upstream.socket;
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let limits = super::limits(&config.websocket);
-    let shutdown = shared.shutdown.child_token();
-    let shared_for_session = shared.clone();
-    shared.tracker.spawn(async move {
-        let upgraded = match on_upgrade.await.map_err(std::io::Error::other).and_then(|u| client_io(u, true)) {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
-                shared_for_session.metrics.session_ended(crate::metrics::SessionOutcome::Error, &labels);
-                let mut upstream = upstream;
-                let going_away = crate::close::Close::new(crate::close::GOING_AWAY, "client did not complete the upgrade");
-                session::closing::complete_close(&mut upstream, vec![close_message(Some(going_away))]).await;
-                return;
-            }
-        };
-        let client = {
-            // `already_read` shares hyper's whole read buffer: `new` copies what is in it,
-            // and the buffer goes before the session starts.
-            let (io, already_read) = upgraded;
-            crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
-                .with_deflate(deflate)
-        };
-        tracing::debug!(session = %session_id, peer = %conn.peer, "session started");
-        let session = Box::new(session::Session::new(client, opened, conn.peer, shared_for_session, shutdown));
-        session.run(upstream).await;
+    let starting = Box::new(Starting {
+        upstream: upstream.socket,
+        on_upgrade: hyper::upgrade::on(&mut req),
+        session_id,
+        opened,
+        peer: conn.peer,
+        deflate,
+        limits: super::limits(&config.websocket),
+        // Never cancelled on its own: a clone (no allocation) rather than a child token.
+        shutdown: shared.shutdown.clone(),
+        shared: shared.clone(),
     });
+    shared.tracker.spawn(starting.run());
     response
 }

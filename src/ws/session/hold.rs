@@ -158,7 +158,7 @@ where
         let since = Instant::now();
         let deadline = since + restart.max_hold;
         let mut buffer = HoldBuffer::new(restart.buffer_messages, restart.buffer_bytes);
-        if let Some((seq, message)) = self.unsent.take() {
+        if let Some((seq, message)) = self.unsent.take().map(|unsent| *unsent) {
             if buffer.push(seq, message).is_err() {
                 return self.hold_ended(since, 0, &buffer, HoldEnd::GaveUp(HoldOutcome::Overflow));
             }

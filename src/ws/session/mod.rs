@@ -139,7 +139,8 @@ pub struct Session<C> {
     /// Number of client data messages read so far (the next one's sequence number).
     client_seq: u64,
     /// A client message whose send to the upstream failed: it goes first into the hold buffer.
-    pub(crate) unsent: Option<(u64, Message)>,
+    /// (Boxed: a failed write is rare, and every idle session would carry the message's room.)
+    pub(crate) unsent: Option<Box<(u64, Message)>>,
     pub(crate) resumes: u32,
     pub(crate) holds: Vec<HoldOutcome>,
     pub(crate) stats: Stats,
@@ -259,91 +260,103 @@ where
     /// The session lives in a `Box` and the rarely used states (`hold`, `finish`) run as
     /// boxed futures: the task of an idle session holds only the relaying state, which keeps
     /// its memory small (it is measured per idle session in the benchmark).
-    pub async fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> Report {
-        let started = Instant::now();
-        self.upstream_deflate = upstream.deflate().is_some();
-        let _active = ActiveSession::new(self.shared.clone(), self.labels.clone());
-        let _registered = self
-            .resume
-            .as_ref()
-            .map(|r| Registered(self.shared.clone(), r.id));
-        if let Err(e) = self.say_hello().await {
-            let end = Ending::Client(ClientEnd::failed(&e));
-            return Box::pin(self.finish(end, Some(upstream))).await;
+    // Not an `async fn`: its arguments would be kept twice in the future, as captured and
+    // as moved into the body; the `async move` block keeps them once.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in every session's task"
+    )]
+    pub fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> impl Future<Output = Report> {
+        async move {
+            let started = Instant::now();
+            self.upstream_deflate = upstream.deflate().is_some();
+            let _active = ActiveSession::new(self.shared.clone(), self.labels.clone());
+            let _registered = self
+                .resume
+                .as_ref()
+                .map(|r| Registered(self.shared.clone(), r.id));
+            if let Err(e) = self.say_hello().await {
+                let end = Ending::Client(ClientEnd::failed(&e));
+                return Box::pin(self.finish(end, Some(upstream))).await;
+            }
+            let report = loop {
+                let mut ending = self.relay(&mut upstream).await;
+                if let Ending::ClientAway = ending {
+                    match Box::pin(self.away(&mut upstream)).await {
+                        Ok(()) => continue,
+                        Err(gone) => ending = gone,
+                    }
+                }
+                // A drain moves an attached resumable client instead of closing it.
+                if let Ending::Shutdown = ending
+                    && self.resume.is_some()
+                {
+                    ending = Box::pin(self.move_client(&mut upstream)).await;
+                }
+                if let Ending::Upstream(end) = &ending
+                    && self.should_hold(end)
+                {
+                    self.shared.pool.mark_failed(self.member.addr);
+                    // A resumable client hears now that everything it sent so far has reached an
+                    // upstream; what it sends while held is acknowledged once delivered.
+                    self.acknowledge_client().await;
+                    // The old upstream's close handshake completes on the side, bounded.
+                    self.shared.tracker.spawn(async move {
+                        closing::complete_close(&mut upstream, Vec::new()).await;
+                    });
+                    match Box::pin(self.hold()).await {
+                        HoldEnd::Resumed(new) => {
+                            upstream = *new;
+                            self.upstream_deflate = upstream.deflate().is_some();
+                            self.upstream_keepalive = Keepalive::new();
+                            // The held messages are delivered: acknowledged now.
+                            self.acknowledge_client().await;
+                            continue;
+                        }
+                        HoldEnd::GaveUp(_) => {
+                            break Box::pin(self.finish(Ending::GaveUp, None)).await;
+                        }
+                        HoldEnd::Client(end) => {
+                            break Box::pin(self.finish(Ending::Client(end), None)).await;
+                        }
+                        // A drain during a hold moves a resumable client all the same: what it
+                        // sent while held is unacknowledged, so it sends it again where it moves.
+                        HoldEnd::Shutdown if self.resume.is_some() => {
+                            let ending = Box::pin(self.move_held_client()).await;
+                            break Box::pin(self.finish(ending, None)).await;
+                        }
+                        HoldEnd::Shutdown => {
+                            break Box::pin(self.finish(Ending::Shutdown, None)).await;
+                        }
+                        HoldEnd::ClientGone => {
+                            break Box::pin(self.finish(Ending::ClientGone, None)).await;
+                        }
+                        HoldEnd::Policy(fired) => {
+                            break Box::pin(self.finish(Ending::Policy(fired), None)).await;
+                        }
+                    }
+                }
+                break Box::pin(self.finish(ending, Some(upstream))).await;
+            };
+            tracing::info!(
+                session = %self.id,
+                peer = %self.peer,
+                route = %self.labels.route,
+                protocol = self.labels.protocol,
+                upstream = %self.member,
+                duration_ms = started.elapsed().as_millis() as u64,
+                messages_to_upstream = report.stats.messages_to_upstream,
+                bytes_to_upstream = report.stats.bytes_to_upstream,
+                messages_to_client = report.stats.messages_to_client,
+                bytes_to_client = report.stats.bytes_to_client,
+                client_close = ?report.client_close,
+                upstream_close = ?report.upstream_close,
+                holds = ?report.holds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                compression = compression_label(self.client.deflate().is_some(), self.upstream_deflate),
+                "session ended"
+            );
+            report
         }
-        let report = loop {
-            let mut ending = self.relay(&mut upstream).await;
-            if let Ending::ClientAway = ending {
-                match Box::pin(self.away(&mut upstream)).await {
-                    Ok(()) => continue,
-                    Err(gone) => ending = gone,
-                }
-            }
-            // A drain moves an attached resumable client instead of closing it.
-            if let Ending::Shutdown = ending
-                && self.resume.is_some()
-            {
-                ending = Box::pin(self.move_client(&mut upstream)).await;
-            }
-            if let Ending::Upstream(end) = &ending
-                && self.should_hold(end)
-            {
-                self.shared.pool.mark_failed(self.member.addr);
-                // A resumable client hears now that everything it sent so far has reached an
-                // upstream; what it sends while held is acknowledged once delivered.
-                self.acknowledge_client().await;
-                // The old upstream's close handshake completes on the side, bounded.
-                self.shared.tracker.spawn(async move {
-                    closing::complete_close(&mut upstream, Vec::new()).await;
-                });
-                match Box::pin(self.hold()).await {
-                    HoldEnd::Resumed(new) => {
-                        upstream = *new;
-                        self.upstream_deflate = upstream.deflate().is_some();
-                        self.upstream_keepalive = Keepalive::new();
-                        // The held messages are delivered: acknowledged now.
-                        self.acknowledge_client().await;
-                        continue;
-                    }
-                    HoldEnd::GaveUp(_) => break Box::pin(self.finish(Ending::GaveUp, None)).await,
-                    HoldEnd::Client(end) => {
-                        break Box::pin(self.finish(Ending::Client(end), None)).await;
-                    }
-                    // A drain during a hold moves a resumable client all the same: what it
-                    // sent while held is unacknowledged, so it sends it again where it moves.
-                    HoldEnd::Shutdown if self.resume.is_some() => {
-                        let ending = Box::pin(self.move_held_client()).await;
-                        break Box::pin(self.finish(ending, None)).await;
-                    }
-                    HoldEnd::Shutdown => break Box::pin(self.finish(Ending::Shutdown, None)).await,
-                    HoldEnd::ClientGone => {
-                        break Box::pin(self.finish(Ending::ClientGone, None)).await;
-                    }
-                    HoldEnd::Policy(fired) => {
-                        break Box::pin(self.finish(Ending::Policy(fired), None)).await;
-                    }
-                }
-            }
-            break Box::pin(self.finish(ending, Some(upstream))).await;
-        };
-        tracing::info!(
-            session = %self.id,
-            peer = %self.peer,
-            route = %self.labels.route,
-            protocol = self.labels.protocol,
-            upstream = %self.member,
-            duration_ms = started.elapsed().as_millis() as u64,
-            messages_to_upstream = report.stats.messages_to_upstream,
-            bytes_to_upstream = report.stats.bytes_to_upstream,
-            messages_to_client = report.stats.messages_to_client,
-            bytes_to_client = report.stats.bytes_to_client,
-            client_close = ?report.client_close,
-            upstream_close = ?report.upstream_close,
-            holds = ?report.holds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
-            compression = compression_label(self.client.deflate().is_some(), self.upstream_deflate),
-            "session ended"
-        );
-        report
     }
 
     /// Sends an upstream data message to the client: as it is, or to a resumable client

@@ -3,17 +3,18 @@
 //! one socket polls only that socket; every send that has to wait is bounded (`within`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::SinkExt;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::ClientConn;
 use super::resumable::{Event, Resumable, Start};
-use super::{Ending, Session, far_future};
+use super::{Ending, Session};
 use crate::close::{Close, Direction};
 use crate::codec::{Incoming, Inline, SMALL_INLINE};
 use crate::policy::ProxyPolicy;
@@ -69,12 +70,8 @@ where
         let mut ping = WokenOnly::new(ping);
         // One timer, re-armed lazily: resetting a timer per message would cost a timer-wheel
         // update on the hot path.
-        let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(3600)));
-        tokio::pin!(idle);
-        let mut idle = WokenOnly::new(idle);
-        let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or_else(far_future));
-        tokio::pin!(expiry);
-        let mut expiry = WokenOnly::new(expiry);
+        let mut idle = optional_timer(idle_after.map(|after| Instant::now() + after));
+        let mut expiry = optional_timer(self.expires_at);
         // Created once: a fresh `cancelled()` per iteration would register with the token's
         // notifier on every message.
         let shutdown = self.shutdown.clone();
@@ -141,7 +138,7 @@ where
                             Sent::Stalled => return Ending::Upstream(UpstreamEnd::Stalled),
                             Sent::Failed(e) => {
                                 // Not written: if the session holds, it is delivered later.
-                                self.unsent = Some((seq, data.to_message()));
+                                self.unsent = Some(Box::new((seq, data.to_message())));
                                 return Ending::Upstream(UpstreamEnd::failed(&e));
                             }
                             Sent::Shutdown => return Ending::Shutdown,
@@ -238,19 +235,22 @@ where
                     }
                     // Last attach wins: the new connection replaces this one.
                     Event::Attach(Some(attach)) => {
-                        if self.reattach(attach, Start::Attached).await {
+                        // Boxed: a rare path, and its future would otherwise be part of every session's task.
+                        if Box::pin(self.reattach(attach, Start::Attached)).await {
                             client_gate = Gate::new();
                         }
                     }
                     Event::Attach(None) => resumable = false,
                 },
-                _ = &mut expiry, if self.expires_at.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
-                _ = &mut idle, if idle_after.is_some() => {
+                _ = fired(&mut expiry), if expiry.is_some() => return Ending::Policy(ProxyPolicy::TokenExpired),
+                _ = fired(&mut idle), if idle.is_some() => {
                     let deadline = self.last_data + idle_after.unwrap_or_default();
                     if deadline <= Instant::now() {
                         return Ending::Idle;
                     }
-                    idle.get_mut().as_mut().reset(deadline);
+                    if let Some(idle) = idle.as_mut() {
+                        idle.get_mut().as_mut().reset(deadline);
+                    }
                 }
             }
         }
@@ -265,6 +265,22 @@ where
             Ending::Client(end)
         }
     }
+}
+
+/// A timer the relay loop has only when its setting is on (`idle_timeout`, a token's
+/// expiry): a session without it carries neither the timer nor its gate.
+type OptionalTimer = Option<WokenOnly<Pin<Box<Sleep>>>>;
+
+fn optional_timer(deadline: Option<Instant>) -> OptionalTimer {
+    deadline.map(|at| WokenOnly::new(Box::pin(tokio::time::sleep_until(at))))
+}
+
+/// Fires when `timer` does; never without one.
+fn fired(timer: &mut OptionalTimer) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match timer.as_mut() {
+        Some(timer) => Pin::new(timer).poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// How a bounded send ended.
