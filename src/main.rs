@@ -86,8 +86,8 @@ fn init_logging(level: &str, format: LogFormat) {
 
 /// jemalloc instead of glibc's malloc: it keeps each size of allocation in pages of its
 /// own, so the buffers a handshake frees leave no holes between the sessions' long-lived
-/// blocks, and it gives freed pages back by itself (`.cargo/config.toml`). Idle memory per
-/// session fell from 7.0 to 4.3 KiB (docs/PERFORMANCE.md).
+/// blocks, and it gives freed pages back by itself (`.cargo/config.toml`). Idle RSS per
+/// session fell from 7.0 to 4.1 KiB with it (docs/PERFORMANCE.md).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -55,6 +55,15 @@ pub(super) static SPILLED: std::sync::atomic::AtomicUsize = std::sync::atomic::A
 /// Receives that found the pool empty, on any thread.
 pub(super) static STARVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The peer echoes everything back, then shuts its side down.
+fn echoing(mut theirs: TcpStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut r, mut w) = theirs.split();
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    })
+}
+
 fn live_slots() -> usize {
     DRIVER.with(|d| {
         d.borrow()
@@ -66,13 +75,8 @@ fn live_slots() -> usize {
 #[test]
 fn small_and_large_writes_arrive_whole_and_in_order() {
     on_ring(async {
-        let (ours, mut theirs) = pair().await;
-        // The peer echoes everything back.
-        let echo = tokio::spawn(async move {
-            let (mut r, mut w) = theirs.split();
-            tokio::io::copy(&mut r, &mut w).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
+        let (ours, theirs) = pair().await;
+        let echo = echoing(theirs);
         let (mut r, mut w) = tokio::io::split(ours);
         w.write_all(b"hello").await.unwrap();
         let mut five = [0u8; 5];
@@ -97,12 +101,8 @@ fn small_and_large_writes_arrive_whole_and_in_order() {
 #[test]
 fn small_queued_and_large_direct_writes_keep_their_order() {
     on_ring(async {
-        let (ours, mut theirs) = pair().await;
-        let echo = tokio::spawn(async move {
-            let (mut r, mut w) = theirs.split();
-            tokio::io::copy(&mut r, &mut w).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
+        let (ours, theirs) = pair().await;
+        let echo = echoing(theirs);
         let (mut r, mut w) = tokio::io::split(ours);
         // Small writes queue for the ring; large ones go out at once when nothing is queued
         // before them, and otherwise queue behind it. Vectored writes split at odd places

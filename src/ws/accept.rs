@@ -286,7 +286,7 @@ impl Starting {
         self: Box<Self>,
     ) -> Option<(Box<session::Session<ClientIo>>, crate::ws::UpstreamWs)> {
         let Starting {
-            upstream,
+            mut upstream,
             on_upgrade,
             session_id,
             opened,
@@ -307,7 +307,6 @@ impl Starting {
                 shared
                     .metrics
                     .session_ended(crate::metrics::SessionOutcome::Error, &opened.labels);
-                let mut upstream = upstream;
                 let going_away = crate::close::Close::new(
                     crate::close::GOING_AWAY,
                     "client did not complete the upgrade",

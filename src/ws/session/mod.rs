@@ -260,11 +260,10 @@ where
     /// The session lives in a `Box` and the rarely used states (`hold`, `finish`) run as
     /// boxed futures: the task of an idle session holds only the relaying state, which keeps
     /// its memory small (it is measured per idle session in the benchmark).
-    // Not an `async fn`: its arguments would be kept twice in the future, as captured and
-    // as moved into the body; the `async move` block keeps them once.
     #[allow(
         clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in every session's task"
+        reason = "an async fn keeps its arguments twice in its future (captured, and moved \
+                  into the body), in every session's task; the async move block keeps them once"
     )]
     pub fn run(mut self: Box<Self>, mut upstream: UpstreamWs) -> impl Future<Output = Report> {
         async move {
