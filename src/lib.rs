@@ -55,6 +55,7 @@ pub mod deflate;
 pub mod metrics;
 pub mod resume;
 pub mod tls;
+pub mod trace;
 
 pub mod close;
 

@@ -25,6 +25,8 @@ pub const UNCOMPRESSED_BYTES_TOTAL: &str = "holdfast_uncompressed_bytes_total";
 pub const CLOSE_CODES_TOTAL: &str = "holdfast_close_codes_total";
 pub const HOLDS_TOTAL: &str = "holdfast_holds_total";
 pub const HOLD_DURATION_SECONDS: &str = "holdfast_hold_duration_seconds";
+pub const SESSION_DURATION_SECONDS: &str = "holdfast_session_duration_seconds";
+pub const CLIENT_DISRUPTION_SECONDS: &str = "holdfast_client_disruption_seconds";
 pub const HELD_MESSAGES: &str = "holdfast_held_messages";
 pub const RECONNECTS_WAITING: &str = "holdfast_reconnects_waiting";
 pub const CLIENT_RESUMES_TOTAL: &str = "holdfast_client_resumes_total";
@@ -36,6 +38,18 @@ pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "holdfast_config_reloads_total";
 
 const HOLD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0];
+/// Session lifetimes: under a second is a session that failed at once, minutes to hours is
+/// the ordinary range, and a day is where load balancers, token lifetimes and deploy
+/// cadences cut sessions anyway.
+const SESSION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+];
+/// How long a client's traffic was paused: a resume that works is a re-dial and a delivery
+/// (milliseconds to a few hundred on a cluster network), backoff puts a struggling upstream
+/// in the seconds, and `restart.max_hold` (default 30 s) bounds a hold.
+const DISRUPTION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// A value of a bounded label, named by the type that owns it (a hold's outcome, a policy's
 /// source): metrics takes any such value without knowing the layers that define them.
@@ -60,6 +74,55 @@ impl SessionOutcome {
             SessionOutcome::Closed => "closed",
             SessionOutcome::Rejected => "rejected",
             SessionOutcome::Error => "error",
+        }
+    }
+}
+
+/// How a session ended for its client, for `holdfast_session_duration_seconds{end}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The close code the client's connection ended with: the one holdfast sent, or the
+    /// client's own when it closed first (holdfast answers with it); 1005 for a close
+    /// without a code, 1006 for a connection that ended without a close.
+    Code(u16),
+    /// holdfast drained and told its resumable client to move: the session goes on at
+    /// another holdfast.
+    Moved,
+    /// A resumable client went away and did not come back here in time (or what it missed
+    /// outgrew its buffer).
+    ClientGone,
+}
+
+impl SessionEnd {
+    fn label(self) -> Cow<'static, str> {
+        match self {
+            SessionEnd::Code(code) => code_label(code),
+            SessionEnd::Moved => Cow::Borrowed("moved"),
+            SessionEnd::ClientGone => Cow::Borrowed("client_gone"),
+        }
+    }
+}
+
+/// What paused a client's traffic, for `holdfast_client_disruption_seconds{cause}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disruption {
+    /// A hold across an upstream restart: from the upstream's end to the delivery of what
+    /// the client sent meanwhile (or to the hold's end, whatever it was).
+    Hold,
+    /// A resumable client that was away came back to this holdfast: from the loss of its
+    /// connection to its return.
+    Reattach,
+    /// A resumable client moved here from a draining holdfast: from the moment it was told
+    /// to move to the new upstream connection's answer.
+    Move,
+}
+
+impl Disruption {
+    fn as_str(self) -> &'static str {
+        match self {
+            Disruption::Hold => "hold",
+            Disruption::Reattach => "reattach",
+            Disruption::Move => "move",
         }
     }
 }
@@ -184,7 +247,19 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HOLD_DURATION_SECONDS.into()), HOLD_BUCKETS)
-            .expect("the bucket list is not empty")
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(SESSION_DURATION_SECONDS.into()),
+                    SESSION_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(CLIENT_DISRUPTION_SECONDS.into()),
+                    DISRUPTION_BUCKETS,
+                )
+            })
+            .expect("the bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
@@ -358,6 +433,34 @@ impl Metrics {
         self.hold_duration.record(held.as_secs_f64());
     }
 
+    /// A session that ran (`SessionOutcome::Closed`) ended `end` after `lasted`.
+    pub fn session_duration(&self, end: SessionEnd, lasted: Duration, route: &str) {
+        let labels = vec![
+            Label::new("end", end.label()),
+            Label::new("route", route.to_owned()),
+        ];
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(SESSION_DURATION_SECONDS, labels),
+                &metadata(),
+            )
+            .record(lasted.as_secs_f64());
+    }
+
+    /// A client's traffic was paused for `paused` by `cause`.
+    pub fn client_disruption(&self, cause: Disruption, paused: Duration, route: &str) {
+        let labels = vec![
+            Label::new("cause", cause.as_str()),
+            Label::new("route", route.to_owned()),
+        ];
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(CLIENT_DISRUPTION_SECONDS, labels),
+                &metadata(),
+            )
+            .record(paused.as_secs_f64());
+    }
+
     /// `result`: `ok`, `refused`, `timeout` or `error`.
     pub fn upstream_connect(&self, result: &'static str) {
         self.counter(UPSTREAM_CONNECTS_TOTAL, vec![("result", result.into())])
@@ -470,6 +573,16 @@ fn describe(recorder: &PrometheusRecorder) {
             "How long clients were held.",
         ),
         (
+            SESSION_DURATION_SECONDS,
+            Some(Unit::Seconds),
+            "How long sessions lasted, by how they ended for the client (the close code sent, moved, client_gone).",
+        ),
+        (
+            CLIENT_DISRUPTION_SECONDS,
+            Some(Unit::Seconds),
+            "How long a client's traffic was paused, by cause (hold, reattach, move).",
+        ),
+        (
             HELD_MESSAGES,
             None,
             "Client messages buffered in holds right now.",
@@ -518,7 +631,13 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, unit, text) in help {
         let key_name = metrics::KeyName::from(*name);
         let text = SharedString::from(*text);
-        if *name == HOLD_DURATION_SECONDS {
+        if [
+            HOLD_DURATION_SECONDS,
+            SESSION_DURATION_SECONDS,
+            CLIENT_DISRUPTION_SECONDS,
+        ]
+        .contains(name)
+        {
             recorder.describe_histogram(key_name, *unit, text);
         } else if [
             SESSIONS_ACTIVE,

@@ -7,8 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::{digest, hmac};
 
-/// The payload's format version.
-const VERSION: u8 = 1;
+/// The payload's format version. Version 1 (before tokens carried the session's trace) is
+/// still read, so that sessions move across a rollout from a holdfast that issued one.
+const VERSION: u8 = 2;
 /// The longest application subprotocol a token carries (a header token longer than this
 /// is refused at the handshake anyway).
 pub const MAX_PROTOCOL: usize = 255;
@@ -36,6 +37,9 @@ pub struct Claims {
     /// Given with a move (`m`): the session continues on whichever holdfast the client
     /// reaches next, from `client_received`. Only such a token opens a session elsewhere.
     pub moving: bool,
+    /// The session's trace, continued by the holdfast a session moves to (`None` in a
+    /// version-1 token).
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// Why a token was refused; `as_str` is the `detail` the client is told.
@@ -109,6 +113,7 @@ impl Key {
         let protocol = &protocol[..protocol.len().min(MAX_PROTOCOL)];
         out.push(protocol.len() as u8);
         out.extend_from_slice(protocol);
+        out.extend_from_slice(&claims.trace.map_or([0; 17], |t| t.to_bytes()));
         let tag = hmac::sign(&self.0, &out);
         out.extend_from_slice(tag.as_ref());
         URL_SAFE_NO_PAD.encode(out)
@@ -139,7 +144,8 @@ impl Key {
 /// Reads the fields of an authenticated payload.
 fn decode(payload: &[u8]) -> Option<Claims> {
     let mut r = Reader(payload);
-    if r.take::<1>()?[0] != VERSION {
+    let version = r.take::<1>()?[0];
+    if version != VERSION && version != 1 {
         return None;
     }
     let session = u64::from_be_bytes(r.take()?);
@@ -155,6 +161,10 @@ fn decode(payload: &[u8]) -> Option<Claims> {
     };
     let len = r.take::<1>()?[0] as usize;
     let protocol = r.bytes(len)?;
+    let trace = match version {
+        1 => None,
+        _ => crate::trace::Trace::from_bytes(r.take()?),
+    };
     if !r.0.is_empty() {
         return None;
     }
@@ -171,6 +181,7 @@ fn decode(payload: &[u8]) -> Option<Claims> {
         client_received,
         protocol,
         moving,
+        trace,
     })
 }
 
@@ -224,6 +235,7 @@ mod tests {
             client_received: 1200,
             protocol: Some("chat.v2".into()),
             moving: true,
+            trace: Some(crate::trace::Trace::start([5; 16])),
         }
     }
 
@@ -246,6 +258,32 @@ mod tests {
             key.verify(&key.issue(&no_protocol), 1_000_001),
             Ok(no_protocol)
         );
+        // The longest subprotocol still makes a token a returning client may present.
+        let longest = Claims {
+            protocol: Some("p".repeat(MAX_PROTOCOL)),
+            ..claims()
+        };
+        let token = key.issue(&longest);
+        assert!(token.len() <= MAX_TOKEN_TEXT, "{}", token.len());
+        assert_eq!(key.verify(&token, 1_000_001), Ok(longest));
+    }
+
+    #[test]
+    fn a_version_1_token_is_still_read_without_a_trace() {
+        let key = Key::new(b"0123456789abcdef0123456789abcdef");
+        let token = key.issue(&claims());
+        let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        // Version 1's layout: no trace after the subprotocol.
+        let mut payload = bytes[..bytes.len() - MAC_LEN - 17].to_vec();
+        payload[0] = 1;
+        let tag = hmac::sign(&key.0, &payload);
+        payload.extend_from_slice(tag.as_ref());
+        let old = URL_SAFE_NO_PAD.encode(payload);
+        let expected = Claims {
+            trace: None,
+            ..claims()
+        };
+        assert_eq!(key.verify(&old, 1_000_001), Ok(expected));
     }
 
     #[test]

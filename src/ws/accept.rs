@@ -21,6 +21,7 @@ use crate::policy::token;
 use crate::resume::{self, token::credentials};
 use crate::shared::{Attach, Shared};
 use crate::socket::{ClientIo, client_io};
+use crate::trace::Trace;
 use crate::upstream::{self, Member};
 
 /// A session's id as the upstream sees it (`X-Holdfast-Session`) and logs name it.
@@ -235,7 +236,7 @@ fn resume_settings(
     shared: &Shared,
     client_headers: &HeaderMap,
     protocol: &Option<HeaderValue>,
-    resumes: u32,
+    (resumes, trace): (u32, Trace),
 ) -> Settings {
     let value = |name| client_headers.get(name).map(HeaderValue::as_bytes);
     Settings {
@@ -250,6 +251,7 @@ fn resume_settings(
         client_hold: config.resume.client_hold,
         max_messages: config.resume.buffer_messages,
         max_bytes: config.resume.buffer_bytes,
+        trace,
     }
 }
 
@@ -303,7 +305,7 @@ impl Starting {
         {
             Ok(upgraded) => upgraded,
             Err(e) => {
-                tracing::info!(session = %session_id, error = %e, "client upgrade did not complete");
+                tracing::info!(session = %session_id, trace_id = %opened.template.trace.id(), error = %e, "client upgrade did not complete");
                 shared
                     .metrics
                     .session_ended(crate::metrics::SessionOutcome::Error, &opened.labels);
@@ -326,7 +328,7 @@ impl Starting {
             crate::codec::WsConn::new(io, crate::codec::Role::Server, limits, &already_read)
                 .with_deflate(deflate)
         };
-        tracing::debug!(session = %session_id, peer = %peer, "session started");
+        tracing::debug!(session = %session_id, trace_id = %opened.template.trace.id(), peer = %peer, "session started");
         Some((
             Box::new(session::Session::new(
                 client, opened, peer, shared, shutdown,
@@ -353,8 +355,17 @@ pub async fn accept(
     // Everything below reads the route's settings.
     let config = route.view.clone();
     let labels = conn.labels(route.name.clone());
-    let reject = |e: HandshakeError| {
-        tracing::info!(peer = %conn.peer, route = %labels.route, status = e.status().as_u16(), reason = %e, "handshake rejected");
+    // The session's trace: the client's, or one of its own (and, for a session that moves
+    // here, the one its token carries).
+    let clients_trace = Trace::continued(
+        req.headers()
+            .get_all(crate::trace::TRACEPARENT)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let mut trace = clients_trace.unwrap_or_else(|| Trace::start(rand::random()));
+    let reject = |e: HandshakeError, trace: Trace| {
+        tracing::info!(peer = %conn.peer, route = %labels.route, trace_id = %trace.id(), status = e.status().as_u16(), reason = %e, "handshake rejected");
         shared
             .metrics
             .handshake_rejected(e.status().as_u16(), &labels);
@@ -371,7 +382,7 @@ pub async fn accept(
         &config.websocket.allowed_origins,
     ) {
         Ok(offer) => offer,
-        Err(e) => return reject(e),
+        Err(e) => return reject(e, trace),
     };
     // Token expiry: the JWT is read (not verified: the upstream authenticates the
     // handshake) before the upstream is dialled; no token or an expired one is a 401.
@@ -388,7 +399,7 @@ pub async fn accept(
                 since_epoch.as_secs(),
             ) {
                 Ok(exp) => exp.map(|exp| Duration::from_secs(exp).saturating_sub(since_epoch)),
-                Err(e) => return reject(e.into()),
+                Err(e) => return reject(e.into(), trace),
             }
         }
     };
@@ -419,15 +430,21 @@ pub async fn accept(
         Some((claims, _)) => (claims.session, claims.resumes.saturating_add(1)),
         None => (rand::random::<u64>(), 0),
     };
+    if let Some(moved_trace) = moved.as_ref().and_then(|(claims, _)| claims.trace) {
+        trace = moved_trace;
+    }
+    // The client's trace state goes along only with the client's own trace.
+    let with_clients_state = moved.is_none() && clients_trace.is_some();
     // An HTTP/2 stream's session takes a `max_connections` permit of its own.
     let Some(permits) = conn.session_permits(&shared.connections) else {
-        return reject(HandshakeError::Overloaded);
+        return reject(HandshakeError::Overloaded, trace);
     };
     let session_id = session_name(id);
     let template = {
         let forwarded = forwarded_headers(req.headers(), &resume_offer.upstream);
         let headers = forwarded.as_ref().unwrap_or(req.headers());
-        UpstreamTemplate::new(req.uri(), headers, conn.peer, conn.tls, &session_id)
+        let trace = (trace, with_clients_state);
+        UpstreamTemplate::new(req.uri(), headers, conn.peer, conn.tls, &session_id, trace)
     };
     let opened = tokio::time::timeout(
         config.listen.handshake_timeout,
@@ -436,8 +453,8 @@ pub async fn accept(
     .await;
     let (upstream, member) = match opened {
         Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return reject(e),
-        Err(_) => return reject(HandshakeError::UpstreamTimeout),
+        Ok(Err(e)) => return reject(e, trace),
+        Err(_) => return reject(HandshakeError::UpstreamTimeout, trace),
     };
     let mut response = handshake::client_answer(&offer, &upstream.response);
     let protocol = upstream.protocol().cloned();
@@ -445,10 +462,11 @@ pub async fn accept(
         && claims.protocol.as_deref() != protocol.as_ref().and_then(|p| p.to_str().ok())
     {
         // The new upstream chose another subprotocol: not the session the client had.
-        return reject(HandshakeError::UpstreamProtocol(format!(
+        let e = HandshakeError::UpstreamProtocol(format!(
             "the upstream chose subprotocol {protocol:?}, the moved session uses {:?}",
             claims.protocol
-        )));
+        ));
+        return reject(e, trace);
     }
     let deflate = negotiate_deflate(&mut response, req.headers(), &config, &shared);
     let resume = resumable.then(|| {
@@ -457,7 +475,8 @@ pub async fn accept(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(resume::SUBPROTOCOL),
         );
-        let settings = resume_settings(&config, &shared, req.headers(), &protocol, resumes);
+        let session = (resumes, trace);
+        let settings = resume_settings(&config, &shared, req.headers(), &protocol, session);
         let attach = shared.resumables.register(id);
         match &moved {
             // Continues the session's counts: what the last holdfast received, and what the
@@ -467,7 +486,12 @@ pub async fn accept(
                     Resumable::new(id, settings, (claims.client_received, *received), attach);
                 resumable.expect_replay();
                 shared.metrics.client_resume("moved");
-                tracing::info!(session = %session_name(id), peer = %conn.peer, resumes, "session moved here");
+                // Paused since the draining holdfast told it to move (its token's issue
+                // time, on that holdfast's clock) until this upstream connection answered.
+                let paused = Duration::from_millis(now_ms().saturating_sub(claims.issued_ms));
+                let cause = crate::metrics::Disruption::Move;
+                shared.metrics.client_disruption(cause, paused, &labels.route);
+                tracing::info!(session = %session_name(id), trace_id = %trace.id(), peer = %conn.peer, resumes, "session moved here");
                 (Box::new(resumable), Start::Moved)
             }
             None => (

@@ -65,7 +65,12 @@ pub async fn connect(
         let compression = config.websocket.compression;
         let deflate = compression.upstream.then_some(compression.settings);
         let offer = deflate.map(|settings| crate::deflate::negotiate::offer(&settings));
-        let request = template.request(&member.endpoint, resume, &key, offer.as_deref())?;
+        let request = template.request(
+            &member.endpoint,
+            resume,
+            (&key, rand::random()),
+            offer.as_deref(),
+        )?;
         let limits = super::limits(&config.websocket);
         let timeout = config.upstream.connect_timeout;
         let mut connected = handshake(io, request, &key, template, limits, timeout).await?;
@@ -268,7 +273,15 @@ mod tests {
             );
         }
         let uri: http::Uri = "/".parse().unwrap();
-        UpstreamTemplate::new(&uri, &client, "127.0.0.1:1".parse().unwrap(), false, "0")
+        let trace = (crate::trace::Trace::start([1; 16]), false);
+        UpstreamTemplate::new(
+            &uri,
+            &client,
+            "127.0.0.1:1".parse().unwrap(),
+            false,
+            "0",
+            trace,
+        )
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use crate::config::Endpoint;
 use crate::http::headers::{add_forwarded, copy_end_to_end, has_token};
 use crate::http::{Body, HandshakeError, full};
+use crate::trace::Trace;
 
 pub const X_HOLDFAST_SESSION: &str = "x-holdfast-session";
 pub const X_HOLDFAST_RESUME: &str = "x-holdfast-resume";
@@ -97,6 +98,8 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-host",
     X_HOLDFAST_SESSION,
     X_HOLDFAST_RESUME,
+    // Each upstream connection carries a `traceparent` of its own (`request`).
+    crate::trace::TRACEPARENT,
 ];
 
 /// Everything needed to (re)open the upstream WebSocket the same way each time. Kept for
@@ -107,22 +110,30 @@ const NOT_FORWARDED: &[&str] = &[
 pub struct UpstreamTemplate {
     pub session_id: String,
     pub path_and_query: String,
+    /// The session's trace: every upstream connection is a new span of it.
+    pub trace: Trace,
     /// End-to-end client headers plus `X-Forwarded-*` and `X-Holdfast-Session`.
     header_lines: Box<[u8]>,
 }
 
 impl UpstreamTemplate {
+    /// `trace`: the session's trace, and whether it is the one the client's `traceparent`
+    /// named (only then does the client's `tracestate` go with it).
     pub fn new(
         uri: &http::Uri,
         client_headers: &HeaderMap,
         peer: SocketAddr,
         tls: bool,
         session_id: &str,
+        (trace, clients_trace): (Trace, bool),
     ) -> Self {
-        let skip: Vec<HeaderName> = NOT_FORWARDED
+        let mut skip: Vec<HeaderName> = NOT_FORWARDED
             .iter()
             .map(|n| HeaderName::from_static(n))
             .collect();
+        if !clients_trace {
+            skip.push(HeaderName::from_static(crate::trace::TRACESTATE));
+        }
         let mut headers = HeaderMap::new();
         copy_end_to_end(client_headers, &mut headers, &skip);
         // The host the request was routed by (`http::headers::request_host`): the URI's
@@ -154,6 +165,7 @@ impl UpstreamTemplate {
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str())
                 .to_owned(),
+            trace,
             header_lines: lines.into_boxed_slice(),
         }
     }
@@ -181,14 +193,15 @@ impl UpstreamTemplate {
         }
     }
 
-    /// The handshake request for `endpoint` with `key` as `Sec-WebSocket-Key`; `resume` > 0
-    /// adds `X-Holdfast-Resume`, `extensions` holdfast's own `Sec-WebSocket-Extensions`
-    /// offer (the client's never goes upstream: each hop negotiates its own).
+    /// The handshake request for `endpoint` with `key` as `Sec-WebSocket-Key` and `span` as
+    /// this connection's span of the session's trace (`traceparent`); `resume` > 0 adds
+    /// `X-Holdfast-Resume`, `extensions` holdfast's own `Sec-WebSocket-Extensions` offer
+    /// (the client's never goes upstream: each hop negotiates its own).
     pub fn request(
         &self,
         endpoint: &Endpoint,
         resume: u32,
-        key: &HeaderValue,
+        (key, span): (&HeaderValue, [u8; 8]),
         extensions: Option<&str>,
     ) -> Result<Request<Empty<Bytes>>, HandshakeError> {
         let mut request = Request::get(self.path_and_query.as_str())
@@ -209,6 +222,11 @@ impl UpstreamTemplate {
         if resume > 0 {
             headers.insert(X_HOLDFAST_RESUME, HeaderValue::from(resume));
         }
+        headers.insert(
+            crate::trace::TRACEPARENT,
+            HeaderValue::from_str(&self.trace.traceparent(span))
+                .expect("a traceparent is visible ASCII"),
+        );
         if let Some(offer) = extensions {
             let offer = HeaderValue::from_str(offer)
                 .map_err(|_| HandshakeError::BadRequest("extension offer is not a header value"))?;
@@ -400,7 +418,9 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let uri: http::Uri = "/chat?room=1".parse().unwrap();
-        let t = UpstreamTemplate::new(&uri, &h, "127.0.0.1:5555".parse().unwrap(), false, "abc123");
+        let peer = "127.0.0.1:5555".parse().unwrap();
+        let trace = (Trace::start([7; 16]), false);
+        let t = UpstreamTemplate::new(&uri, &h, peer, false, "abc123", trace);
         assert_eq!(t.path_and_query, "/chat?room=1");
         let out = &t.headers();
         assert_eq!(out["cookie"], "a=1");
@@ -426,7 +446,7 @@ mod tests {
             port: 9000,
         };
         let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
-        let req = t.request(&endpoint, 2, &key, None).unwrap();
+        let req = t.request(&endpoint, 2, (&key, [1; 8]), None).unwrap();
         assert_eq!(req.uri(), "/chat?room=1");
         assert_eq!(req.headers()["host"], "127.0.0.1:9000");
         assert_eq!(req.headers()["x-holdfast-resume"], "2");
@@ -442,5 +462,47 @@ mod tests {
         }
         assert!(t.offers_protocol(&HeaderValue::from_static("superchat")));
         assert!(!t.offers_protocol(&HeaderValue::from_static("super")));
+    }
+
+    #[test]
+    fn every_upstream_request_is_a_new_span_of_the_sessions_trace() {
+        const CLIENTS: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let uri: http::Uri = "/".parse().unwrap();
+        let peer = "127.0.0.1:5555".parse().unwrap();
+        let endpoint = Endpoint {
+            secure: false,
+            host: "127.0.0.1".into(),
+            port: 9000,
+        };
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let mut h = headers(GOOD);
+        h.insert("traceparent", HeaderValue::from_static(CLIENTS));
+        h.insert("tracestate", HeaderValue::from_static("vendor=opaque"));
+        // The client's trace: its id, a span of holdfast's, its trace state along.
+        let trace = Trace::continued(h.get_all("traceparent").iter().map(|v| v.as_bytes()));
+        let t = UpstreamTemplate::new(&uri, &h, peer, false, "s", (trace.unwrap(), true));
+        for (span, expected) in [
+            (
+                [1; 8],
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0101010101010101-01",
+            ),
+            (
+                [2; 8],
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0202020202020202-01",
+            ),
+        ] {
+            let req = t.request(&endpoint, 0, (&key, span), None).unwrap();
+            let values: Vec<_> = req.headers().get_all("traceparent").iter().collect();
+            assert_eq!(values, [expected]);
+            assert_eq!(req.headers()["tracestate"], "vendor=opaque");
+        }
+        // A trace of holdfast's own: the client's trace state means nothing in it.
+        let t = UpstreamTemplate::new(&uri, &h, peer, false, "s", (Trace::start([3; 16]), false));
+        let req = t.request(&endpoint, 0, (&key, [4; 8]), None).unwrap();
+        assert_eq!(
+            req.headers()["traceparent"],
+            "00-03030303030303030303030303030303-0404040404040404-01"
+        );
+        assert!(!req.headers().contains_key("tracestate"));
     }
 }

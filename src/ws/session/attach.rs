@@ -14,6 +14,7 @@ use super::resumable::Start;
 use super::{CLOSE_TIMEOUT, ClientConn, Ending, Keepalive, Session};
 use crate::close::{Close, POLICY_VIOLATION};
 use crate::codec::{Data, Role, WsConn};
+use crate::metrics::Disruption;
 use crate::resume::envelope;
 use crate::shared::Attach;
 use crate::ws::UpstreamWs;
@@ -82,7 +83,7 @@ where
         let deadline = since + config.resume.client_hold;
         let shared = self.shared.clone();
         let _away = AwayGauge::new(&shared.metrics.clients_away);
-        tracing::info!(session = %self.id, peer = %self.peer, "client away: keeping its session");
+        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), peer = %self.peer, "client away: keeping its session");
         let ping_every = config.websocket.ping_interval;
         let stall = ping_every.map(|every| every * 2);
         let mut ping = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
@@ -101,13 +102,15 @@ where
                 _ = &mut cancelled => return Err(Ending::Shutdown),
                 _ = tokio::time::sleep_until(deadline) => {
                     shared.metrics.client_resume("expired");
-                    tracing::info!(session = %self.id, away_ms = since.elapsed().as_millis() as u64, "client did not come back");
+                    tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), away_ms = since.elapsed().as_millis() as u64, "client did not come back");
                     return Err(Ending::ClientGone);
                 }
                 attach = resume.attach.recv() => {
                     let Some(attach) = attach else { return Err(Ending::ClientGone) };
                     if self.reattach(attach, Start::Attached).await {
-                        tracing::info!(session = %self.id, away_ms = since.elapsed().as_millis() as u64, "client back");
+                        let away = since.elapsed();
+                        shared.metrics.client_disruption(Disruption::Reattach, away, &self.labels.route);
+                        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), away_ms = away.as_millis() as u64, "client back");
                         return Ok(());
                     }
                 }
@@ -118,7 +121,7 @@ where
                             let len = message.len();
                             if resume.record_sent(message).is_err() {
                                 shared.metrics.client_resume("overflow");
-                                tracing::info!(session = %self.id, kept = resume.kept(), "client away too long for what the upstream sent: buffer full");
+                                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), kept = resume.kept(), "client away too long for what the upstream sent: buffer full");
                                 return Err(Ending::ClientGone);
                             }
                             self.relayed(crate::close::Direction::ToClient, len);
@@ -154,7 +157,7 @@ where
         let io = match crate::socket::adopt(attach.io) {
             Ok(io) => io,
             Err(e) => {
-                tracing::info!(session = %self.id, error = %e, "returning client's connection failed");
+                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), error = %e, "returning client's connection failed");
                 return false;
             }
         };
@@ -167,7 +170,7 @@ where
         let missing: Vec<Message> = match resume.resend_from(attach.received) {
             Ok(missing) => missing.cloned().collect(),
             Err(untrue) => {
-                tracing::info!(session = %self.id, ?untrue, "returning client refused: what it missed is no longer kept");
+                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), ?untrue, "returning client refused: what it missed is no longer kept");
                 self.shared.metrics.client_resume("rejected");
                 let refused = resume_refused("what it missed is no longer kept");
                 self.shared.tracker.spawn(async move {
@@ -188,7 +191,7 @@ where
         })
         .await;
         if !matches!(caught_up, Ok(Ok(()))) {
-            tracing::info!(session = %self.id, "returning client failed while catching up");
+            tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), "returning client failed while catching up");
             return false;
         }
         let replaced = std::mem::replace(&mut self.client, client);
@@ -208,7 +211,7 @@ where
             Start::Moved => "moved",
             _ => "reattached",
         });
-        tracing::info!(session = %self.id, peer = %self.peer, resent = missing.len(), "client re-attached");
+        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), peer = %self.peer, resent = missing.len(), "client re-attached");
         true
     }
 
@@ -291,15 +294,15 @@ where
         .await;
         match bounded {
             Ok(Ok(())) => {
-                tracing::info!(session = %self.id, peer = %self.peer, "client told to move: this holdfast drains");
+                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), peer = %self.peer, "client told to move: this holdfast drains");
                 Ending::Moved
             }
             Ok(Err(why)) => {
-                tracing::info!(session = %self.id, reason = why, "client not moved");
+                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), reason = why, "client not moved");
                 Ending::Shutdown
             }
             Err(_) => {
-                tracing::info!(session = %self.id, "client not moved: it did not acknowledge within drain_timeout");
+                tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), "client not moved: it did not acknowledge within drain_timeout");
                 Ending::Shutdown
             }
         }
@@ -336,7 +339,7 @@ where
         })
         .await;
         if moved == Ok(true) {
-            tracing::info!(session = %self.id, "held client told to move: this holdfast drains");
+            tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), "held client told to move: this holdfast drains");
             Ending::Moved
         } else {
             Ending::Shutdown

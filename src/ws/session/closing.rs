@@ -34,6 +34,7 @@ where
             client_close,
             upstream_close,
             policy,
+            client_end,
         } = plan(&ending, &config);
         // A resumable client's messages are envelopes (its close is not).
         let enveloped = self.resume.is_some();
@@ -45,7 +46,7 @@ where
         let metrics = &self.shared.metrics;
         if let Some((id, source)) = &policy {
             metrics.policy_violation(id, *source, &self.labels.route);
-            tracing::info!(session = %self.id, policy = %id, source = source.as_str(), "policy close");
+            tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), policy = %id, source = source.as_str(), "policy close");
         }
         if let Some(code) = to_client.last().and_then(wire_code) {
             metrics.close_sent(
@@ -88,6 +89,7 @@ where
             upstream_close,
             holds: self.holds.clone(),
             policy,
+            end: client_end,
         }
     }
 }

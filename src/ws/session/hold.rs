@@ -27,6 +27,7 @@ use crate::close::{Close, GOING_AWAY};
 use crate::codec::Data;
 use crate::config::Config;
 use crate::http::HandshakeError;
+use crate::metrics::Disruption;
 use crate::policy::ProxyPolicy;
 use crate::shared::Shared;
 use crate::upstream::Member;
@@ -197,7 +198,7 @@ where
         let resumable = self.resume.is_some();
         let gauges = self.shared.clone();
         let mut away: Option<(Instant, AwayGauge)> = None;
-        tracing::info!(session = %self.id, upstream = %self.member, "upstream restarting: holding the client");
+        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), upstream = %self.member, "upstream restarting: holding the client");
 
         let end = loop {
             tokio::select! {
@@ -232,7 +233,7 @@ where
                     if resumable && lost == Some(ClientEnd::Vanished) {
                         let client_hold = self.shared.config.load().resume.client_hold;
                         away = Some((Instant::now() + client_hold, AwayGauge::new(&gauges.metrics.clients_away)));
-                        tracing::info!(session = %self.id, "client away during the hold: keeping its session");
+                        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), "client away during the hold: keeping its session");
                         continue;
                     }
                     match incoming {
@@ -297,18 +298,18 @@ where
                         if let Some(end) = end {
                             break end;
                         }
-                        tracing::info!(session = %self.id, upstream = %member, error = %why, undelivered = buffer.len(), "new upstream failed during delivery; still holding");
+                        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), upstream = %member, error = %why, undelivered = buffer.len(), "new upstream failed during delivery; still holding");
                         self.shared.pool.mark_failed(member.addr);
                         attempt += 1;
                         current_try = start_try(attempt);
                     }
                     Try::Retry(why) => {
-                        tracing::debug!(session = %self.id, attempt, reason = %why, "reconnect try failed");
+                        tracing::debug!(session = %self.id, trace_id = %self.template.trace.id(), attempt, reason = %why, "reconnect try failed");
                         attempt += 1;
                         current_try = start_try(attempt);
                     }
                     Try::Refused(status) => {
-                        tracing::info!(session = %self.id, status = status.as_u16(), "upstream refused the resumed session");
+                        tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), status = status.as_u16(), "upstream refused the resumed session");
                         break HoldEnd::GaveUp(HoldOutcome::Refused);
                     }
                 },
@@ -358,13 +359,17 @@ where
         };
         self.holds.push(outcome);
         let metrics = &self.shared.metrics;
-        metrics.hold_ended(outcome, since.elapsed(), &self.labels.route);
+        let held = since.elapsed();
+        metrics.hold_ended(outcome, held, &self.labels.route);
+        // The client's traffic was paused for the whole hold, whatever its outcome.
+        metrics.client_disruption(Disruption::Hold, held, &self.labels.route);
         // Whatever is still buffered is no longer held (delivered ones were counted down).
         metrics.held_messages.decrement(buffer.len() as f64);
         tracing::info!(
             session = %self.id,
+            trace_id = %self.template.trace.id(),
             outcome = outcome.as_str(),
-            held_ms = since.elapsed().as_millis() as u64,
+            held_ms = held.as_millis() as u64,
             tries = attempts + 1,
             undelivered = buffer.len(),
             upstream = %self.member,

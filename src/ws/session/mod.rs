@@ -28,7 +28,7 @@ use crate::close::Direction;
 use crate::codec::WsConn;
 use crate::config::Config;
 use crate::config::RateLimit;
-use crate::metrics::{SessionLabels, SessionOutcome};
+use crate::metrics::{SessionEnd, SessionLabels, SessionOutcome};
 use crate::policy::{self, ProxyPolicy, rate_limit::TokenBucket};
 use crate::shared::Shared;
 use crate::socket::ClientIo;
@@ -93,6 +93,8 @@ pub struct Report {
     pub holds: Vec<HoldOutcome>,
     /// The policy of a 1008 close sent to the client, and who closed.
     pub policy: Option<(String, policy::Source)>,
+    /// How the session ended for the client.
+    pub end: SessionEnd,
 }
 
 /// What `Session::new` needs from the completed first handshake.
@@ -274,76 +276,85 @@ where
                 .resume
                 .as_ref()
                 .map(|r| Registered(self.shared.clone(), r.id));
-            if let Err(e) = self.say_hello().await {
-                let end = Ending::Client(ClientEnd::failed(&e));
-                return Box::pin(self.finish(end, Some(upstream))).await;
-            }
-            let report = loop {
-                let mut ending = self.relay(&mut upstream).await;
-                if let Ending::ClientAway = ending {
-                    match Box::pin(self.away(&mut upstream)).await {
-                        Ok(()) => continue,
-                        Err(gone) => ending = gone,
-                    }
+            // A labelled block, not `if let … else`: the hello's result would stay in the
+            // task's future for the whole session.
+            let report = 'report: {
+                if let Err(e) = self.say_hello().await {
+                    let end = Ending::Client(ClientEnd::failed(&e));
+                    break 'report Box::pin(self.finish(end, Some(upstream))).await;
                 }
-                // A drain moves an attached resumable client instead of closing it.
-                if let Ending::Shutdown = ending
-                    && self.resume.is_some()
-                {
-                    ending = Box::pin(self.move_client(&mut upstream)).await;
-                }
-                if let Ending::Upstream(end) = &ending
-                    && self.should_hold(end)
-                {
-                    self.shared.pool.mark_failed(self.member.addr);
-                    // A resumable client hears now that everything it sent so far has reached an
-                    // upstream; what it sends while held is acknowledged once delivered.
-                    self.acknowledge_client().await;
-                    // The old upstream's close handshake completes on the side, bounded.
-                    self.shared.tracker.spawn(async move {
-                        closing::complete_close(&mut upstream, Vec::new()).await;
-                    });
-                    match Box::pin(self.hold()).await {
-                        HoldEnd::Resumed(new) => {
-                            upstream = *new;
-                            self.upstream_deflate = upstream.deflate().is_some();
-                            self.upstream_keepalive = Keepalive::new();
-                            // The held messages are delivered: acknowledged now.
-                            self.acknowledge_client().await;
-                            continue;
-                        }
-                        HoldEnd::GaveUp(_) => {
-                            break Box::pin(self.finish(Ending::GaveUp, None)).await;
-                        }
-                        HoldEnd::Client(end) => {
-                            break Box::pin(self.finish(Ending::Client(end), None)).await;
-                        }
-                        // A drain during a hold moves a resumable client all the same: what it
-                        // sent while held is unacknowledged, so it sends it again where it moves.
-                        HoldEnd::Shutdown if self.resume.is_some() => {
-                            let ending = Box::pin(self.move_held_client()).await;
-                            break Box::pin(self.finish(ending, None)).await;
-                        }
-                        HoldEnd::Shutdown => {
-                            break Box::pin(self.finish(Ending::Shutdown, None)).await;
-                        }
-                        HoldEnd::ClientGone => {
-                            break Box::pin(self.finish(Ending::ClientGone, None)).await;
-                        }
-                        HoldEnd::Policy(fired) => {
-                            break Box::pin(self.finish(Ending::Policy(fired), None)).await;
+                loop {
+                    let mut ending = self.relay(&mut upstream).await;
+                    if let Ending::ClientAway = ending {
+                        match Box::pin(self.away(&mut upstream)).await {
+                            Ok(()) => continue,
+                            Err(gone) => ending = gone,
                         }
                     }
+                    // A drain moves an attached resumable client instead of closing it.
+                    if let Ending::Shutdown = ending
+                        && self.resume.is_some()
+                    {
+                        ending = Box::pin(self.move_client(&mut upstream)).await;
+                    }
+                    if let Ending::Upstream(end) = &ending
+                        && self.should_hold(end)
+                    {
+                        self.shared.pool.mark_failed(self.member.addr);
+                        // A resumable client hears now that everything it sent so far has reached an
+                        // upstream; what it sends while held is acknowledged once delivered.
+                        self.acknowledge_client().await;
+                        // The old upstream's close handshake completes on the side, bounded.
+                        self.shared.tracker.spawn(async move {
+                            closing::complete_close(&mut upstream, Vec::new()).await;
+                        });
+                        match Box::pin(self.hold()).await {
+                            HoldEnd::Resumed(new) => {
+                                upstream = *new;
+                                self.upstream_deflate = upstream.deflate().is_some();
+                                self.upstream_keepalive = Keepalive::new();
+                                // The held messages are delivered: acknowledged now.
+                                self.acknowledge_client().await;
+                                continue;
+                            }
+                            HoldEnd::GaveUp(_) => {
+                                break Box::pin(self.finish(Ending::GaveUp, None)).await;
+                            }
+                            HoldEnd::Client(end) => {
+                                break Box::pin(self.finish(Ending::Client(end), None)).await;
+                            }
+                            // A drain during a hold moves a resumable client all the same: what it
+                            // sent while held is unacknowledged, so it sends it again where it moves.
+                            HoldEnd::Shutdown if self.resume.is_some() => {
+                                let ending = Box::pin(self.move_held_client()).await;
+                                break Box::pin(self.finish(ending, None)).await;
+                            }
+                            HoldEnd::Shutdown => {
+                                break Box::pin(self.finish(Ending::Shutdown, None)).await;
+                            }
+                            HoldEnd::ClientGone => {
+                                break Box::pin(self.finish(Ending::ClientGone, None)).await;
+                            }
+                            HoldEnd::Policy(fired) => {
+                                break Box::pin(self.finish(Ending::Policy(fired), None)).await;
+                            }
+                        }
+                    }
+                    break Box::pin(self.finish(ending, Some(upstream))).await;
                 }
-                break Box::pin(self.finish(ending, Some(upstream))).await;
             };
+            let lasted = started.elapsed();
+            self.shared
+                .metrics
+                .session_duration(report.end, lasted, &self.labels.route);
             tracing::info!(
                 session = %self.id,
+            trace_id = %self.template.trace.id(),
                 peer = %self.peer,
                 route = %self.labels.route,
                 protocol = self.labels.protocol,
                 upstream = %self.member,
-                duration_ms = started.elapsed().as_millis() as u64,
+                duration_ms = lasted.as_millis() as u64,
                 messages_to_upstream = report.stats.messages_to_upstream,
                 bytes_to_upstream = report.stats.bytes_to_upstream,
                 messages_to_client = report.stats.messages_to_client,

@@ -6,9 +6,11 @@
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Ending;
-use crate::close::{self, Close, Direction, GOING_AWAY, POLICY_VIOLATION, SERVICE_RESTART};
+use crate::close::{
+    self, ABNORMAL, Close, Direction, GOING_AWAY, NO_STATUS, POLICY_VIOLATION, SERVICE_RESTART,
+};
 use crate::config::Config;
-use crate::metrics::Original;
+use crate::metrics::{Original, SessionEnd};
 use crate::policy::{self, Source};
 use crate::ws::ends::{self, CloseRules, UpstreamDecision, close_message};
 
@@ -31,6 +33,8 @@ pub struct Plan {
     pub upstream_close: Option<(u16, Option<u16>)>,
     /// The policy of a 1008 close sent to the client, and who closed.
     pub policy: Option<(String, Source)>,
+    /// How the session ends for the client (`holdfast_session_duration_seconds{end}`).
+    pub client_end: SessionEnd,
 }
 
 impl Plan {
@@ -44,6 +48,7 @@ impl Plan {
             client_close: None,
             upstream_close: None,
             policy: None,
+            client_end: SessionEnd::Code(ABNORMAL),
         }
     }
 }
@@ -56,6 +61,27 @@ fn own(close: Close) -> Vec<Message> {
 /// What each side is sent when the session ends with `ending`. Holding was decided (and
 /// declined) before: an upstream end here is always passed on.
 pub fn plan(ending: &Ending, config: &Config) -> Plan {
+    let mut plan = sends(ending, config);
+    plan.client_end = client_end(ending, &plan);
+    plan
+}
+
+/// How the session ends for the client, as its duration is labelled: the code of the close
+/// it is sent; the client's own code when it closed first (its close is answered with it)
+/// or 1006 when its connection ended without one; or, for a resumable client, `Moved` or
+/// `ClientGone`.
+fn client_end(ending: &Ending, plan: &Plan) -> SessionEnd {
+    match ending {
+        Ending::Moved => SessionEnd::Moved,
+        Ending::ClientAway | Ending::ClientGone => SessionEnd::ClientGone,
+        _ => match plan.to_client.last().and_then(ends::wire_code) {
+            Some(sent) => SessionEnd::Code(sent.unwrap_or(NO_STATUS)),
+            None => SessionEnd::Code(plan.client_close.map_or(ABNORMAL, |(received, _)| received)),
+        },
+    }
+}
+
+fn sends(ending: &Ending, config: &Config) -> Plan {
     match ending {
         Ending::Client(end) => {
             let decision = ends::on_client_end(end, &config.rewrites);
@@ -364,5 +390,45 @@ match = "quota"
         };
         assert!(context.contains(r#""type":"close_context""#), "{context}");
         assert!(matches!(p.to_client[1], Message::Close(Some(_))));
+    }
+
+    #[test]
+    fn a_session_ends_for_its_client_with_the_code_it_saw() {
+        let config = from_toml_str(
+            "[restart]\ngive_up_code = 4000\n[[rewrite]]\ndirection = \"to_client\"\nfrom = \"4000-4099\"\nto = 1008\n",
+        )
+        .expect("valid");
+        let up =
+            |code, reason: &str| Ending::Upstream(UpstreamEnd::Closed(Close::new(code, reason)));
+        let client =
+            |code, reason: &str| Ending::Client(ClientEnd::Closed(Close::new(code, reason)));
+        let table = [
+            // What holdfast sent: the upstream's code as rewritten, holdfast's own closes.
+            (up(1000, "bye"), SessionEnd::Code(1000)),
+            (up(4001, "quota"), SessionEnd::Code(1008)),
+            (up(1005, ""), SessionEnd::Code(1005)),
+            (
+                Ending::Upstream(UpstreamEnd::Vanished),
+                SessionEnd::Code(1011),
+            ),
+            (Ending::GaveUp, SessionEnd::Code(4000)),
+            (Ending::Shutdown, SessionEnd::Code(1012)),
+            (Ending::Idle, SessionEnd::Code(1001)),
+            (
+                Ending::Policy(ProxyPolicy::TokenExpired),
+                SessionEnd::Code(1008),
+            ),
+            (Ending::Client(ClientEnd::TooBig), SessionEnd::Code(1009)),
+            // The client closed first: its own code; it vanished: 1006.
+            (client(1001, "tab closed"), SessionEnd::Code(1001)),
+            (client(1005, ""), SessionEnd::Code(1005)),
+            (Ending::Client(ClientEnd::Vanished), SessionEnd::Code(1006)),
+            // A resumable client's session ends without a close of its own.
+            (Ending::Moved, SessionEnd::Moved),
+            (Ending::ClientGone, SessionEnd::ClientGone),
+        ];
+        for (ending, end) in table {
+            assert_eq!(plan(&ending, &config).client_end, end, "{ending:?}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::codec::Data;
 use crate::resume::envelope::{self, Envelope};
 use crate::resume::token::{Claims, Key};
 use crate::shared::Attach;
+use crate::trace::Trace;
 use crate::ws::ends::ClientEnd;
 
 /// An acknowledgement is sent after this many unacknowledged client messages at the latest.
@@ -78,6 +79,7 @@ pub struct Resumable {
     unacked: VecDeque<Message>,
     unacked_bytes: usize,
     max_messages: usize,
+    trace: Trace,
     max_bytes: usize,
     /// Where returning clients of this session arrive.
     pub attach: mpsc::Receiver<Box<Attach>>,
@@ -117,6 +119,8 @@ pub struct Settings {
     pub client_hold: Duration,
     pub max_messages: usize,
     pub max_bytes: usize,
+    /// The session's trace, which its tokens carry to wherever it moves.
+    pub trace: Trace,
 }
 
 fn now_ms() -> u64 {
@@ -150,6 +154,7 @@ impl Resumable {
             unacked_bytes: 0,
             max_messages: settings.max_messages,
             max_bytes: settings.max_bytes,
+            trace: settings.trace,
             attach,
             replaying: false,
             ack_at: None,
@@ -235,6 +240,7 @@ impl Resumable {
             client_received: self.acked_to_client,
             protocol: self.protocol.clone(),
             moving,
+            trace: Some(self.trace),
         })
     }
 
@@ -268,17 +274,17 @@ impl Resumable {
                 match self.on_ack(count) {
                     Ok(()) => Ok(None),
                     Err(untrue) => {
-                        tracing::info!(session = %format!("{:016x}", self.id), ?untrue, "client acknowledged what it cannot have received");
+                        tracing::info!(session = %format!("{:016x}", self.id), trace_id = %self.trace.id(), ?untrue, "client acknowledged what it cannot have received");
                         Err(ClientEnd::ProtocolError)
                     }
                 }
             }
             Ok(Envelope::Replay(_)) => {
-                tracing::info!(session = %format!("{:016x}", self.id), "client replayed an opening message outside a move");
+                tracing::info!(session = %format!("{:016x}", self.id), trace_id = %self.trace.id(), "client replayed an opening message outside a move");
                 Err(ClientEnd::ProtocolError)
             }
             Err(e) => {
-                tracing::info!(session = %format!("{:016x}", self.id), error = %e, "client frame is not an envelope");
+                tracing::info!(session = %format!("{:016x}", self.id), trace_id = %self.trace.id(), error = %e, "client frame is not an envelope");
                 Err(ClientEnd::ProtocolError)
             }
         }
@@ -413,6 +419,7 @@ mod tests {
                 client_hold: Duration::from_secs(30),
                 max_messages,
                 max_bytes,
+                trace: Trace::start([3; 16]),
             },
             (0, 0),
             rx,
