@@ -116,6 +116,75 @@ async fn restart_is_invisible(how: Control) {
     );
     assert!(first.headers().get("x-holdfast-resume").is_none());
     assert_eq!(second.headers()["x-holdfast-resume"], "1");
+    // Both connections are spans of the one trace holdfast started for the session.
+    let (first, second) = (traceparent(&first), traceparent(&second));
+    assert_eq!(first[..35], second[..35], "{first} {second}");
+    assert_ne!(first[36..52], second[36..52], "{first} {second}");
+    assert!(first.ends_with("-01"), "{first}");
+
+    // The hold paused the client's traffic, and that pause was observed once.
+    let metric = |series| proxy.metric(series);
+    assert_eq!(
+        metric("holdfast_client_disruption_seconds_count{cause=\"hold\"}").await,
+        1.0
+    );
+    let paused = metric("holdfast_client_disruption_seconds_sum{cause=\"hold\"}").await;
+    let held = metric("holdfast_hold_duration_seconds_sum").await;
+    assert!(
+        paused > 0.0 && paused == held,
+        "paused {paused} s, held {held} s"
+    );
+}
+
+/// The `traceparent` an upstream handshake carried (`00-<trace>-<span>-<flags>`).
+fn traceparent(handshake: &http::Request<()>) -> String {
+    let values: Vec<_> = handshake.headers().get_all("traceparent").iter().collect();
+    assert_eq!(values.len(), 1, "one traceparent: {values:?}");
+    let value = values[0].to_str().unwrap().to_owned();
+    assert_eq!(value.len(), 55, "{value}");
+    value
+}
+
+#[tokio::test]
+async fn the_clients_trace_goes_on_through_every_upstream_connection() {
+    const CLIENTS: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let proxy = Proxy::start(&[upstream.url()], FAST).await;
+    let mut request = proxy.url("/").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("traceparent", CLIENTS.parse().unwrap());
+    headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+    let (mut client, _) = connect_request(proxy.addr, request).await.unwrap();
+    go_down_and_wait(&upstream, 1012).await;
+    upstream.start_again(None).await;
+    send_text(&mut client, "whoami").await;
+    read_until(&mut client, "app 1").await;
+    let (first, second) = (upstream.handshake(0), upstream.handshake(1));
+    for handshake in [&first, &second] {
+        let traceparent = traceparent(handshake);
+        // The client's trace and flags; holdfast's own span as the parent.
+        assert_eq!(traceparent[..36], CLIENTS[..36], "{traceparent}");
+        assert_ne!(traceparent[36..52], CLIENTS[36..52], "{traceparent}");
+        assert!(traceparent.ends_with("-01"), "{traceparent}");
+        assert_eq!(handshake.headers()["tracestate"], "congo=t61rcWkgMzE");
+    }
+    assert_ne!(traceparent(&first), traceparent(&second));
+}
+
+#[tokio::test]
+async fn an_invalid_traceparent_starts_a_new_trace_without_the_clients_state() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let invalid = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+    let mut request = proxy.url("/").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("traceparent", invalid.parse().unwrap());
+    headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+    let (_client, _) = connect_request(proxy.addr, request).await.unwrap();
+    let handshake = upstream.handshake(0);
+    let traceparent = traceparent(&handshake);
+    assert_ne!(traceparent[3..35].to_uppercase(), invalid[3..35]);
+    assert!(!handshake.headers().contains_key("tracestate"));
 }
 
 #[tokio::test]

@@ -99,6 +99,59 @@ async fn metrics_count_holds_rewrites_policy_closes_and_rejections() {
 }
 
 #[tokio::test]
+async fn session_durations_say_how_each_client_saw_its_end() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    // The client closes first (1000), the upstream closes (4001), a client vanishes.
+    let mut closing = connect(&proxy).await;
+    let mut closed = connect(&proxy).await;
+    let vanishing = connect(&proxy).await;
+    closing
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000.into(),
+            reason: "done".into(),
+        })))
+        .await
+        .unwrap();
+    assert_eq!(expect_close(&mut closing).await.0, Some(1000));
+    send_text(&mut closed, "close 4001 quota exceeded").await;
+    assert_eq!(expect_close(&mut closed).await.0, Some(4001));
+    drop(vanishing);
+    expect_metric(
+        &proxy,
+        "holdfast_sessions_total{outcome=\"closed\",route=\"default\"}",
+        3.0,
+    )
+    .await;
+    for end in ["1000", "4001", "1006"] {
+        let count =
+            format!("holdfast_session_duration_seconds_count{{end=\"{end}\",route=\"default\"}}");
+        assert_eq!(proxy.metric(&count).await, 1.0, "{count}");
+        // Sessions of seconds (a close handshake's bound included): in the minute's bucket
+        // and every one above it.
+        for le in ["60", "86400", "+Inf"] {
+            let bucket =
+                format!("holdfast_session_duration_seconds_bucket{{end=\"{end}\",le=\"{le}\"}}");
+            assert_eq!(proxy.metric(&bucket).await, 1.0, "{bucket}");
+        }
+    }
+    assert_eq!(
+        proxy
+            .metric("holdfast_session_duration_seconds_count")
+            .await,
+        3.0
+    );
+    // No hold, no resume: nothing paused a client.
+    assert_eq!(
+        proxy
+            .metric("holdfast_client_disruption_seconds_count")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn a_drain_flips_readiness_tells_clients_and_waits_for_them() {
     let upstream = UpstreamBuilder::new().start().await;
     let mut proxy = Proxy::start(&[upstream.url()], "").await;

@@ -211,6 +211,20 @@ async fn a_client_whose_connection_is_cut_three_times_loses_nothing() {
             .await,
         client.reconnects as f64
     );
+    // Each return of a client that holdfast saw go is a pause of its traffic (a client
+    // back before its loss was noticed here is not: when it began is unknown).
+    let paused = proxy
+        .metric("holdfast_client_disruption_seconds_count{cause=\"reattach\"}")
+        .await;
+    assert!(
+        paused >= 1.0 && paused <= client.reconnects as f64,
+        "{paused} of {} returns",
+        client.reconnects
+    );
+    let seconds = proxy
+        .metric("holdfast_client_disruption_seconds_sum{cause=\"reattach\"}")
+        .await;
+    assert!(seconds > 0.0 && seconds < 10.0, "{seconds} s away in all");
 }
 
 /// A proxy whose resume key the test knows (so it can mint tokens), with `extra` config.
@@ -285,6 +299,7 @@ async fn forged_altered_expired_and_foreign_tokens_are_refused() {
         client_received: 0,
         protocol: None,
         moving: false,
+        trace: None,
     };
     let other_key = Key::new(&[9u8; 48]).issue(&claims);
     let mut altered = token.clone().into_bytes();
@@ -466,6 +481,7 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
     );
     assert_eq!(new.headers()["x-holdfast-resume"], "1");
     let first = first.take().unwrap();
+    let drained = first.handle.clone();
     assert_eq!(first.shutdown().await, 0, "the first holdfast drained");
     assert_eq!(
         second
@@ -473,6 +489,25 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
             .await,
         1.0
     );
+    // The session ended on the first holdfast as moved, and the move paused the client
+    // for a moment (from the first holdfast's `m` to the second's upstream connection).
+    assert_eq!(
+        metric_sum(
+            &drained.render_metrics(),
+            "holdfast_session_duration_seconds_count{end=\"moved\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        second
+            .metric("holdfast_client_disruption_seconds_count{cause=\"move\"}")
+            .await,
+        1.0
+    );
+    let paused = second
+        .metric("holdfast_client_disruption_seconds_sum{cause=\"move\"}")
+        .await;
+    assert!(paused < 5.0, "paused {paused} s");
     // The moved session is held across an upstream restart like any other.
     upstream
         .go_down(Control::Close(1012, "deploying".into()))
@@ -494,6 +529,17 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
         old.headers()["x-holdfast-session"]
     );
     assert_eq!(third.headers()["x-holdfast-resume"], "2");
+    // One trace through all three upstream connections, across the move (the token
+    // carried it), each connection a span of its own.
+    let traceparents: Vec<String> = [&old, &new, &third]
+        .iter()
+        .map(|h| h.headers()["traceparent"].to_str().unwrap().to_owned())
+        .collect();
+    for t in &traceparents {
+        assert_eq!(t[..35], traceparents[0][..35], "{traceparents:?}");
+    }
+    let spans: std::collections::HashSet<&str> = traceparents.iter().map(|t| &t[36..52]).collect();
+    assert_eq!(spans.len(), 3, "{traceparents:?}");
 }
 
 /// Part 1's hold composes with a resumable client: the upstream restarts (1012) while the
