@@ -295,6 +295,8 @@ async fn an_invalid_reload_keeps_the_running_config() {
     let proxy = Proxy::start(&[upstream.url()], rule).await;
     let mut client = connect(&proxy).await;
 
+    let last_ok = "holdfast_config_last_reload_successful";
+    assert_eq!(proxy.metric(last_ok).await, 1.0, "the start's file runs");
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(
         &dir,
@@ -313,12 +315,21 @@ async fn an_invalid_reload_keeps_the_running_config() {
         1.0
     );
     assert!(proxy.handle.is_ready());
+    assert_eq!(
+        proxy.metric(last_ok).await,
+        0.0,
+        "the file is not what runs"
+    );
 
     send_text(&mut client, "close 4000 original").await;
     assert_eq!(
         expect_close(&mut client).await,
         (Some(4999), "original".into())
     );
+    // Mended, the file runs again.
+    let path = config_file(&dir, &upstream, rule);
+    proxy.handle.reload_file(&path).expect("a valid file");
+    assert_eq!(proxy.metric(last_ok).await, 1.0);
 }
 
 #[tokio::test]

@@ -4,110 +4,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 
+use support::binary::{signal, start, start_capturing, write_config};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-struct Running {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    /// Every stderr line after the listening line, when started with `start_capturing`.
-    captured: Option<tokio::task::JoinHandle<String>>,
-}
-
-impl Running {
-    /// The captured log lines (once the process has exited).
-    async fn logs(&mut self) -> String {
-        match self.captured.take() {
-            Some(task) => within("the log reader", task).await.unwrap(),
-            None => String::new(),
-        }
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Starts the binary on `config` and reads its addresses from the `holdfast listening` line.
-async fn start(config: &std::path::Path) -> Running {
-    start_with(config, "info", false).await
-}
-
-/// Like `start`, at `level`, keeping every later log line for `Running::logs`.
-async fn start_capturing(config: &std::path::Path, level: &str) -> Running {
-    start_with(config, level, true).await
-}
-
-async fn start_with(config: &std::path::Path, level: &str, capture: bool) -> Running {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    let path = config.to_str().unwrap();
-    cmd.args([
-        "--config",
-        path,
-        "--log-format",
-        "json",
-        "--log-level",
-        level,
-    ])
-    .stderr(Stdio::piped())
-    .stdout(Stdio::null())
-    .kill_on_drop(true);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HOLDFAST_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = within("the listening log line", async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("holdfast exited early");
-            if line.contains("holdfast listening") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let addr = |k: &str| v[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                return (addr("address"), addr("admin"));
-            }
-        }
-    })
-    .await;
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let reader = tokio::spawn(async move {
-        let mut kept = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if capture {
-                kept.push_str(&line);
-                kept.push('\n');
-            }
-        }
-        kept
-    });
-    Running {
-        child,
-        proxy,
-        admin,
-        captured: Some(reader),
-    }
-}
-
-fn write_config(path: &std::path::Path, upstream: &TestUpstream, extra: &str) {
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{}\"]\n{extra}",
-        upstream.url()
-    );
-    std::fs::write(path, text).unwrap();
-}
 
 /// A config file for `upstream` in a fresh directory, which lives as long as the guard.
 fn config_file(upstream: &TestUpstream) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -217,6 +117,50 @@ async fn secrets_never_reach_the_logs() {
         rest.contains("session ended"),
         "the session was logged:\n{rest}"
     );
+}
+
+#[tokio::test]
+async fn a_sessions_log_lines_name_its_trace() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let upstream = UpstreamBuilder::new().name("app").start().await;
+    let (_dir, path) = config_file(&upstream);
+    let fast = "[restart]\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n";
+    write_config(&path, &upstream, fast);
+    let mut running = start_capturing(&path, "info").await;
+    let proxy = running.proxy;
+    let mut request = format!("ws://{proxy}/").into_client_request().unwrap();
+    let traceparent = format!("00-{TRACE}-b7ad6b7169203331-01");
+    request
+        .headers_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let (mut ws, _) = connect_request(proxy, request).await.unwrap();
+    // A hold, so that there is more than one line to follow.
+    upstream
+        .go_down(Control::Close(1012, "deploying".into()))
+        .await;
+    // Held once the proxy has answered the old upstream's close.
+    upstream
+        .wait_for("the proxy's close reply", |log| !log.closes.is_empty())
+        .await;
+    upstream.start_again(None).await;
+    send_text(&mut ws, "whoami").await;
+    assert_eq!(next_message(&mut ws).await.to_text().unwrap(), "app 1");
+    drop(ws);
+    signal(&running.child, "TERM");
+    let _ = within("exit", running.child.wait()).await;
+    let logs = running.logs().await;
+    for message in [
+        "upstream restarting: holding the client",
+        "hold ended",
+        "session ended",
+    ] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} line in\n{logs}"));
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["trace_id"], TRACE, "{line}");
+    }
 }
 
 #[tokio::test]

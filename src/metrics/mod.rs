@@ -36,6 +36,7 @@ pub const UPSTREAM_CONNECTS_TOTAL: &str = "holdfast_upstream_connects_total";
 pub const POLICY_VIOLATIONS_TOTAL: &str = "holdfast_policy_violations_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "holdfast_http_requests_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "holdfast_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "holdfast_config_last_reload_successful";
 
 const HOLD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0];
 /// Session lifetimes: under a second is a session that failed at once, minutes to hours is
@@ -166,6 +167,7 @@ pub struct Metrics {
     pub reconnects_waiting: Gauge,
     pub clients_away: Gauge,
     pub io_uring_workers: Gauge,
+    last_reload_successful: Gauge,
     hold_duration: Histogram,
     /// `holdfast_messages_total` and `holdfast_bytes_total` by direction, in `Traffic`'s
     /// slot order; `render` writes the traffic sums into them.
@@ -271,6 +273,8 @@ impl Metrics {
             reconnects_waiting: recorder.register_gauge(&key(RECONNECTS_WAITING, &[]), &metadata()),
             clients_away: recorder.register_gauge(&key(CLIENTS_AWAY, &[]), &metadata()),
             io_uring_workers: recorder.register_gauge(&key(IO_URING_WORKERS, &[]), &metadata()),
+            last_reload_successful: recorder
+                .register_gauge(&key(CONFIG_LAST_RELOAD_SUCCESSFUL, &[]), &metadata()),
             hold_duration: recorder
                 .register_histogram(&key(HOLD_DURATION_SECONDS, &[]), &metadata()),
             traffic_series: [
@@ -313,6 +317,8 @@ impl Metrics {
             &["ok", "refused", "timeout", "error"],
         );
         zero(CONFIG_RELOADS_TOTAL, "result", &["ok", "error"]);
+        // The configuration loaded at start-up is the file's.
+        metrics.last_reload_successful.set(1.0);
         zero(
             CLIENT_RESUMES_TOTAL,
             "outcome",
@@ -501,6 +507,7 @@ impl Metrics {
         let result = if ok { "ok" } else { "error" };
         self.counter(CONFIG_RELOADS_TOTAL, vec![("result", result.into())])
             .increment(1);
+        self.last_reload_successful.set(if ok { 1.0 } else { 0.0 });
     }
 }
 
@@ -627,6 +634,11 @@ fn describe(recorder: &PrometheusRecorder) {
             None,
             "Configuration reloads (SIGHUP), by result.",
         ),
+        (
+            CONFIG_LAST_RELOAD_SUCCESSFUL,
+            None,
+            "1 when the running configuration is the file's (the last reload, or the start, succeeded); 0 after a failed reload.",
+        ),
     ];
     for (name, unit, text) in help {
         let key_name = metrics::KeyName::from(*name);
@@ -645,6 +657,7 @@ fn describe(recorder: &PrometheusRecorder) {
             RECONNECTS_WAITING,
             IO_URING_WORKERS,
             CLIENTS_AWAY,
+            CONFIG_LAST_RELOAD_SUCCESSFUL,
         ]
         .contains(name)
         {

@@ -11,6 +11,8 @@
 // tungstenite's server callback fixes the error type to a whole `Response`.
 #![allow(clippy::result_large_err)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
