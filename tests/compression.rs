@@ -6,47 +6,12 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use holdfast::codec::{Limits, Role, WsConn, frame};
+use holdfast::codec::{WsConn, frame};
 use holdfast::deflate::{Context, Counters, Settings, negotiate};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const LIMITS: Limits = Limits {
-    max_message: 64 << 20,
-    max_frame: 64 << 20,
-};
-
-/// A client that offers `offer` (none: no header); returns its connection, compressing
-/// with what holdfast answered, and the answer.
-async fn client(proxy: &Proxy, offer: Option<&str>) -> (WsConn<TcpStream>, Option<String>) {
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let extra = offer.map_or(String::new(), |o| {
-        format!("Sec-WebSocket-Extensions: {o}\r\n")
-    });
-    tcp.write_all(&upgrade_request(&extra)).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(within("the 101", tcp.read(&mut byte)).await.unwrap(), 1);
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let answer = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
-        .map(|(_, v)| v.trim().to_owned());
-    let settings = Settings::default();
-    let params = negotiate::check_answer(answer.as_deref(), &settings).unwrap();
-    let context = params.map(|p| Context::new(p, &settings, Counters::default()));
-    (
-        WsConn::new(tcp, Role::Client, LIMITS, &[]).with_deflate(context),
-        answer,
-    )
-}
 
 /// A masked client frame with first byte `first` (FIN, RSV bits, opcode).
 fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
@@ -81,8 +46,11 @@ fn json(i: usize) -> String {
 async fn a_compressing_client_talks_to_a_plain_upstream_through_holdfast() {
     let upstream = UpstreamBuilder::new().start().await;
     let proxy = Proxy::start(&[upstream.url()], "").await;
-    let (mut conn, answer) =
-        client(&proxy, Some("permessage-deflate; client_max_window_bits")).await;
+    let (mut conn, answer) = deflate_client(
+        proxy.addr,
+        Some("permessage-deflate; client_max_window_bits"),
+    )
+    .await;
     assert_eq!(answer.as_deref(), Some("permessage-deflate"));
     let sent: Vec<String> = (0..50).map(json).collect();
     for text in &sent {
@@ -186,7 +154,7 @@ async fn compressed_input_that_breaks_the_rules_is_closed_and_never_relayed() {
         ),
     ];
     for (i, (offer, frames, code)) in cases.into_iter().enumerate() {
-        let (mut conn, _) = client(&proxy, offer).await;
+        let (mut conn, _) = deflate_client(proxy.addr, offer).await;
         conn.get_mut().write_all(&frames).await.unwrap();
         assert_eq!(close_code(&mut conn).await, Some(code), "case {i}");
     }
@@ -203,7 +171,7 @@ async fn a_compression_bomb_is_closed_with_1009_and_not_relayed() {
     let upstream = UpstreamBuilder::new().start().await;
     // 1 MiB messages (the default); the bomb inflates to 32 MiB from ~32 KiB.
     let proxy = Proxy::start(&[upstream.url()], "").await;
-    let (mut conn, answer) = client(&proxy, Some("permessage-deflate")).await;
+    let (mut conn, answer) = deflate_client(proxy.addr, Some("permessage-deflate")).await;
     assert!(answer.is_some());
     conn.send(Message::binary(vec![0u8; 32 << 20]))
         .await
@@ -216,7 +184,7 @@ async fn a_compression_bomb_is_closed_with_1009_and_not_relayed() {
         )
         .await;
     // The proxy serves the next session as before.
-    let (mut next, _) = client(&proxy, Some("permessage-deflate")).await;
+    let (mut next, _) = deflate_client(proxy.addr, Some("permessage-deflate")).await;
     next.send(Message::text(json(1))).await.unwrap();
     assert_eq!(
         within("the echo", next.next()).await.unwrap().unwrap(),

@@ -726,6 +726,48 @@ pub fn require(capability: &str, available: bool) -> bool {
     false
 }
 
+/// Message and frame limits of `deflate_client` connections.
+pub const CLIENT_LIMITS: holdfast::codec::Limits = holdfast::codec::Limits {
+    max_message: 64 << 20,
+    max_frame: 64 << 20,
+};
+
+/// A client of holdfast's own codec that offers `offer` as its `Sec-WebSocket-Extensions`
+/// (none: no header); returns its connection, compressing with what holdfast answered,
+/// and the answer.
+pub async fn deflate_client(
+    proxy: SocketAddr,
+    offer: Option<&str>,
+) -> (holdfast::codec::WsConn<TcpStream>, Option<String>) {
+    use holdfast::codec::{Role, WsConn};
+    use holdfast::deflate::{Context, Counters, Settings, negotiate};
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let extra = offer.map_or(String::new(), |o| {
+        format!("Sec-WebSocket-Extensions: {o}\r\n")
+    });
+    tcp.write_all(&upgrade_request(&extra)).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(within("the 101", tcp.read(&mut byte)).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let answer = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|(_, v)| v.trim().to_owned());
+    let settings = Settings::default();
+    let params = negotiate::check_answer(answer.as_deref(), &settings).unwrap();
+    let context = params.map(|p| Context::new(p, &settings, Counters::default()));
+    (
+        WsConn::new(tcp, Role::Client, CLIENT_LIMITS, &[]).with_deflate(context),
+        answer,
+    )
+}
+
 /// A plain `GET` over a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
