@@ -384,6 +384,39 @@ async fn a_client_that_never_comes_back_ends_its_session_after_client_hold() {
 }
 
 #[tokio::test]
+async fn a_session_that_ends_while_its_client_is_away_ends_client_gone() {
+    let upstream = UpstreamBuilder::new().start().await;
+    let proxy = Proxy::start(&[upstream.url()], "").await;
+    let relay = CuttingRelay::start(proxy.addr).await;
+    let _client = holdfast::client::ResumableClient::connect(relay.addr, "/", &[])
+        .await
+        .unwrap();
+    relay.cut();
+    within("the away gauge", async {
+        while proxy.metric("holdfast_clients_away").await < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The upstream ends the session (1000, not a restart code): the close it would have
+    // been sent reaches nobody.
+    upstream.go_down(Control::Close(1000, "done".into())).await;
+    let ended = "holdfast_session_duration_seconds_count";
+    within("the session's end", async {
+        while proxy.metric(ended).await < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        proxy
+            .metric("holdfast_session_duration_seconds_count{end=\"client_gone\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_client_away_while_the_upstream_floods_gets_the_give_up_close() {
     let upstream = UpstreamBuilder::new().start().await;
     let (proxy, _key, _dir) =
@@ -507,7 +540,7 @@ async fn a_draining_holdfast_moves_its_client_to_another_without_a_close() {
     let paused = second
         .metric("holdfast_client_disruption_seconds_sum{cause=\"move\"}")
         .await;
-    assert!(paused < 5.0, "paused {paused} s");
+    assert!(paused > 0.0 && paused < 5.0, "paused {paused} s");
     // The moved session is held across an upstream restart like any other.
     upstream
         .go_down(Control::Close(1012, "deploying".into()))

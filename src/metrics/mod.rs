@@ -95,11 +95,27 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
+    /// Codes 1000-1015 as numbers; the registered and private ranges by class (`3xxx`,
+    /// `4xxx`): a client that closes first picks its own code, and each value here is a
+    /// whole histogram of series (`holdfast_close_codes_total` has the exact codes).
     fn label(self) -> Cow<'static, str> {
         match self {
-            SessionEnd::Code(code) => code_label(code),
+            SessionEnd::Code(code @ 1000..=1015) => code_label(code),
+            SessionEnd::Code(3000..=3999) => Cow::Borrowed("3xxx"),
+            SessionEnd::Code(4000..=4999) => Cow::Borrowed("4xxx"),
+            SessionEnd::Code(_) => Cow::Borrowed("other"),
             SessionEnd::Moved => Cow::Borrowed("moved"),
             SessionEnd::ClientGone => Cow::Borrowed("client_gone"),
+        }
+    }
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Code(code) => write!(f, "{code}"),
+            SessionEnd::Moved => f.write_str("moved"),
+            SessionEnd::ClientGone => f.write_str("client_gone"),
         }
     }
 }

@@ -20,6 +20,24 @@ fn code_labels_are_bounded() {
 }
 
 #[test]
+fn session_ends_are_bounded_labels() {
+    let table = [
+        (SessionEnd::Code(1000), "1000"),
+        (SessionEnd::Code(1006), "1006"),
+        (SessionEnd::Code(1016), "other"),
+        (SessionEnd::Code(3001), "3xxx"),
+        (SessionEnd::Code(4000), "4xxx"),
+        (SessionEnd::Code(4999), "4xxx"),
+        (SessionEnd::Code(5000), "other"),
+        (SessionEnd::Moved, "moved"),
+        (SessionEnd::ClientGone, "client_gone"),
+    ];
+    for (end, label) in table {
+        assert_eq!(end.label(), label, "{end:?}");
+    }
+}
+
+#[test]
 fn traffic_counted_on_many_threads_renders_as_one_sum() {
     let m = Metrics::new();
     // More threads than stripes: some share a stripe.

@@ -124,11 +124,16 @@ fn check_return(
 /// Where a returning client's session is.
 enum Return {
     /// Here: its task takes the connection (the channel, the id, what the client received).
-    Here(tokio::sync::mpsc::Sender<Box<Attach>>, u64, u64),
+    Here(
+        tokio::sync::mpsc::Sender<Box<Attach>>,
+        u64,
+        u64,
+        Option<Trace>,
+    ),
     /// Another holdfast drained and told it to move: it continues here.
     Move(resume::token::Claims, u64),
-    /// Nowhere any more.
-    Gone(u64),
+    /// Nowhere any more (its id and trace).
+    Gone(u64, Option<Trace>),
 }
 
 /// A returning resumable client that stays (or is refused) without a dial: answered 101 at
@@ -177,7 +182,7 @@ fn returning(
                 task_shared.metrics.client_resume("rejected");
                 (io, already_read, deflate, session::attach::resume_refused(&why))
             }
-            Ok(Return::Here(session, id, received)) => {
+            Ok(Return::Here(session, id, received, trace)) => {
                 let attach = Box::new(Attach {
                     io,
                     already_read,
@@ -190,7 +195,8 @@ fn returning(
                     Ok(()) => return,
                     Err(gone) => {
                         // The session ended between the lookup and now.
-                        tracing::info!(session = %session_name(id), peer = %peer, "resume refused: the session just ended");
+                        let trace_id = trace.map(|t| t.id().to_string());
+                        tracing::info!(session = %session_name(id), trace_id, peer = %peer, "resume refused: the session just ended");
                         let Attach {
                             io,
                             already_read,
@@ -201,8 +207,12 @@ fn returning(
                     }
                 }
             }
-            Ok(Return::Gone(id) | Return::Move(resume::token::Claims { session: id, .. }, _)) => {
-                tracing::info!(session = %session_name(id), peer = %peer, "resume refused: no such session here");
+            Ok(
+                Return::Gone(id, trace)
+                | Return::Move(resume::token::Claims { session: id, trace, .. }, _),
+            ) => {
+                let trace_id = trace.map(|t| t.id().to_string());
+                tracing::info!(session = %session_name(id), trace_id, peer = %peer, "resume refused: no such session here");
                 task_shared.metrics.client_resume("expired");
                 (io, already_read, deflate, give_up())
             }
@@ -416,9 +426,9 @@ pub async fn accept(
     if resumable && let Some(token) = &resume_offer.token {
         let target = check_return(&shared, req.headers(), token, resume_offer.received).map(
             |(claims, received)| match shared.resumables.find(claims.session) {
-                Some(session) => Return::Here(session, claims.session, received),
+                Some(session) => Return::Here(session, claims.session, received, claims.trace),
                 None if claims.moving => Return::Move(claims, received),
-                None => Return::Gone(claims.session),
+                None => Return::Gone(claims.session, claims.trace),
             },
         );
         match target {
@@ -487,8 +497,13 @@ pub async fn accept(
                 resumable.expect_replay();
                 shared.metrics.client_resume("moved");
                 // Paused since the draining holdfast told it to move (its token's issue
-                // time, on that holdfast's clock) until this upstream connection answered.
-                let paused = Duration::from_millis(now_ms().saturating_sub(claims.issued_ms));
+                // time, on that holdfast's clock) until this upstream connection answered;
+                // at most the token's validity, whatever the clocks' skew.
+                let paused = Duration::from_millis(
+                    now_ms()
+                        .saturating_sub(claims.issued_ms)
+                        .min(claims.expires_ms.saturating_sub(claims.issued_ms)),
+                );
                 let cause = crate::metrics::Disruption::Move;
                 shared.metrics.client_disruption(cause, paused, &labels.route);
                 tracing::info!(session = %session_name(id), trace_id = %trace.id(), peer = %conn.peer, resumes, "session moved here");

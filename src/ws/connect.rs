@@ -101,7 +101,7 @@ pub async fn connect(
         Ok(_) => pool.mark_ok(member.addr),
         Err(HandshakeError::Refused(_)) => {}
         Err(e) => {
-            tracing::warn!(upstream = %member, error = %e, "upstream connect failed");
+            tracing::warn!(session = %template.session_id, trace_id = %template.trace.id(), upstream = %member, error = %e, "upstream connect failed");
             pool.mark_failed(member.addr);
         }
     }

@@ -83,6 +83,7 @@ where
         let deadline = since + config.resume.client_hold;
         let shared = self.shared.clone();
         let _away = AwayGauge::new(&shared.metrics.clients_away);
+        self.client_away = true;
         tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), peer = %self.peer, "client away: keeping its session");
         let ping_every = config.websocket.ping_interval;
         let stall = ping_every.map(|every| every * 2);
@@ -108,6 +109,7 @@ where
                 attach = resume.attach.recv() => {
                     let Some(attach) = attach else { return Err(Ending::ClientGone) };
                     if self.reattach(attach, Start::Attached).await {
+                        self.client_away = false;
                         let away = since.elapsed();
                         shared.metrics.client_disruption(Disruption::Reattach, away, &self.labels.route);
                         tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), away_ms = away.as_millis() as u64, "client back");

@@ -89,7 +89,12 @@ where
             upstream_close,
             holds: self.holds.clone(),
             policy,
-            end: client_end,
+            // A client that is away got no close at all: its session ends without it.
+            end: if self.client_away {
+                crate::metrics::SessionEnd::ClientGone
+            } else {
+                client_end
+            },
         }
     }
 }

@@ -220,6 +220,7 @@ where
                         && self.reattach(attach, super::resumable::Start::Attached).await
                     {
                         away = None;
+                        self.client_away = false;
                     }
                 }
                 incoming = self.client.next(), if away.is_none() => {
@@ -233,6 +234,7 @@ where
                     if resumable && lost == Some(ClientEnd::Vanished) {
                         let client_hold = self.shared.config.load().resume.client_hold;
                         away = Some((Instant::now() + client_hold, AwayGauge::new(&gauges.metrics.clients_away)));
+                        self.client_away = true;
                         tracing::info!(session = %self.id, trace_id = %self.template.trace.id(), "client away during the hold: keeping its session");
                         continue;
                     }

@@ -161,6 +161,9 @@ pub struct Session<C> {
     pub(crate) resume: Option<Box<Resumable>>,
     /// How a resumable session starts on this connection (its hello's `state`).
     start: Start,
+    /// A resumable client's connection is gone and the session waits for it (`away`, or
+    /// away during a hold): a close sent now would reach nobody.
+    pub(crate) client_away: bool,
 }
 
 /// Keepalive bookkeeping for one peer, counted in keepalive ticks so that receiving a
@@ -253,6 +256,7 @@ where
                 .as_ref()
                 .map_or(Start::New, |(_, start)| *start),
             resume: opened.resume.map(|(resumable, _)| resumable),
+            client_away: false,
         }
     }
 
@@ -349,7 +353,7 @@ where
                 .session_duration(report.end, lasted, &self.labels.route);
             tracing::info!(
                 session = %self.id,
-            trace_id = %self.template.trace.id(),
+                trace_id = %self.template.trace.id(),
                 peer = %self.peer,
                 route = %self.labels.route,
                 protocol = self.labels.protocol,
@@ -359,6 +363,7 @@ where
                 bytes_to_upstream = report.stats.bytes_to_upstream,
                 messages_to_client = report.stats.messages_to_client,
                 bytes_to_client = report.stats.bytes_to_client,
+                end = %report.end,
                 client_close = ?report.client_close,
                 upstream_close = ?report.upstream_close,
                 holds = ?report.holds.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
