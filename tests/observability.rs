@@ -182,6 +182,25 @@ fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
             panels.extend(nested);
         }
     }
+    // Laid out as Grafana shows it: 24 columns, no panel over another.
+    let cells: Vec<(&str, [u64; 4])> = panels
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            let n = |k: &str| g[k].as_u64().expect("gridPos x, y, w, h");
+            (
+                p["title"].as_str().unwrap_or(""),
+                [n("x"), n("y"), n("w"), n("h")],
+            )
+        })
+        .collect();
+    for (i, (a, [ax, ay, aw, ah])) in cells.iter().enumerate() {
+        assert!(ax + aw <= 24, "{a} is wider than the dashboard");
+        for (b, [bx, by, bw, bh]) in &cells[i + 1..] {
+            let apart = ax + aw <= *bx || bx + bw <= *ax || ay + ah <= *by || by + bh <= *ay;
+            assert!(apart, "{a} and {b} overlap");
+        }
+    }
     let mut queries = Vec::new();
     for panel in panels {
         if panel["type"] == "row" {
