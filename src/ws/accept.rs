@@ -356,15 +356,6 @@ pub async fn accept(
     shared: Arc<Shared>,
 ) -> Response<Body> {
     let live = shared.config.load_full();
-    let host = request_host(&req);
-    let Some(route) = live.pick(host.as_deref(), req.uri().path()) else {
-        tracing::info!(peer = %conn.peer, host = ?host, path = %req.uri().path(), status = 404, "handshake rejected: no route");
-        shared.metrics.handshake_rejected(404, &conn.unrouted());
-        return HandshakeError::NoRoute.into_response();
-    };
-    // Everything below reads the route's settings.
-    let config = route.view.clone();
-    let labels = conn.labels(route.name.clone());
     // The session's trace: the client's, or one of its own (and, for a session that moves
     // here, the one its token carries).
     let clients_trace = Trace::continued(
@@ -374,6 +365,15 @@ pub async fn accept(
             .map(HeaderValue::as_bytes),
     );
     let mut trace = clients_trace.unwrap_or_else(|| Trace::start(rand::random()));
+    let host = request_host(&req);
+    let Some(route) = live.pick(host.as_deref(), req.uri().path()) else {
+        tracing::info!(peer = %conn.peer, host = ?host, path = %req.uri().path(), trace_id = %trace.id(), status = 404, "handshake rejected: no route");
+        shared.metrics.handshake_rejected(404, &conn.unrouted());
+        return HandshakeError::NoRoute.into_response();
+    };
+    // Everything below reads the route's settings.
+    let config = route.view.clone();
+    let labels = conn.labels(route.name.clone());
     let reject = |e: HandshakeError, trace: Trace| {
         tracing::info!(peer = %conn.peer, route = %labels.route, trace_id = %trace.id(), status = e.status().as_u16(), reason = %e, "handshake rejected");
         shared
