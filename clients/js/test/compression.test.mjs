@@ -117,8 +117,13 @@ flow("both hops compress, each on its own; a 1012 hold in the middle — every m
   for (const [i, message] of sent.entries()) {
     client.ws.send(message);
     // The upstream restarts: it closes this connection with 1012, holdfast holds the
-    // session (the client's messages meanwhile are buffered) and dials it again.
-    if (i === 40) client.ws.send("close 1012 restarting");
+    // session (the client's messages meanwhile are buffered) and dials it again. The next
+    // message waits for the close handshake: one the old connection read after its close
+    // would be the old connection's, never echoed.
+    if (i === 40) {
+      client.ws.send("close 1012 restarting");
+      await waitFor("the old connection's close", () => app.isClosed(0));
+    }
     await sleep(5);
   }
   await waitFor("the upstream got all 100", () => app.texts().length >= 100);

@@ -245,6 +245,7 @@ export async function startApp({ version = "v1", deflate = false } = {}) {
     answered = line ? line.slice(line.indexOf(":") + 1).trim() : "";
   });
   let n = 0;
+  const closed = new Set(); // connections (index in handshakes) whose close handshake ended
   wss.on("connection", (ws, req) => {
     const conn = handshakes.length;
     handshakes.push({ headers: { ...req.headers }, url: req.url, extensions: answered });
@@ -290,6 +291,7 @@ export async function startApp({ version = "v1", deflate = false } = {}) {
       }
     });
     ws.on("close", () => {
+      closed.add(conn);
       if (session.ws === ws) session.ws = null;
     });
   });
@@ -298,6 +300,10 @@ export async function startApp({ version = "v1", deflate = false } = {}) {
     version,
     handshakes,
     messages,
+    /** Whether connection `conn` (index in handshakes) has closed. */
+    isClosed(conn) {
+      return closed.has(conn);
+    },
     /** Text messages that are not commands, in arrival order (of connection `conn`). */
     texts(conn) {
       return messages
