@@ -29,21 +29,6 @@ async fn read_until(client: &mut Client, marker: &str) -> Vec<String> {
     }
 }
 
-/// Closes the upstream's connections with `code` and stops it accepting, then waits until
-/// the proxy has answered that close: from then on the proxy is holding, and whatever the
-/// client sends is buffered for the next upstream (before that, it is the old one's).
-async fn go_down_and_wait(upstream: &TestUpstream, code: u16) {
-    let before = upstream.log.lock().unwrap().closes.len();
-    upstream
-        .go_down(Control::Close(code, "restarting".into()))
-        .await;
-    upstream
-        .wait_for("the proxy to answer the upstream's close", |log| {
-            log.closes.len() > before
-        })
-        .await;
-}
-
 /// The next close frame, with no wall-clock bound (for paused-clock tests).
 async fn next_frame(client: &mut Client) -> (Option<u16>, String) {
     use futures_util::StreamExt;
@@ -155,7 +140,7 @@ async fn the_clients_trace_goes_on_through_every_upstream_connection() {
     headers.insert("traceparent", CLIENTS.parse().unwrap());
     headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
     let (mut client, _) = connect_request(proxy.addr, request).await.unwrap();
-    go_down_and_wait(&upstream, 1012).await;
+    upstream.go_down_and_wait(1012).await;
     upstream.start_again(None).await;
     send_text(&mut client, "whoami").await;
     read_until(&mut client, "app 1").await;
@@ -223,7 +208,7 @@ async fn configured_restart_codes_hold_too() {
     let upstream = UpstreamBuilder::new().name("app").start().await;
     let proxy = Proxy::start(&[upstream.url()], &format!("{FAST}codes = [1012, 4503]\n")).await;
     let mut client = connect(&proxy).await;
-    go_down_and_wait(&upstream, 4503).await;
+    upstream.go_down_and_wait(4503).await;
     upstream.start_again(None).await;
     send_text(&mut client, "whoami").await;
     assert!(read_until(&mut client, "app 1").await.is_empty());
@@ -235,7 +220,7 @@ async fn a_second_restart_counts_resumes() {
     let proxy = Proxy::start(&[upstream.url()], FAST).await;
     let mut client = connect(&proxy).await;
     for generation in 1..=2 {
-        go_down_and_wait(&upstream, 1012).await;
+        upstream.go_down_and_wait(1012).await;
         upstream.start_again(None).await;
         send_text(&mut client, "whoami").await;
         read_until(&mut client, &format!("app {generation}")).await;
@@ -318,7 +303,7 @@ async fn messages_held_for_an_upstream_that_dies_after_its_handshake_go_to_the_n
     upstream
         .wait_for("the opening message", |log| log.received.len() == 1)
         .await;
-    go_down_and_wait(&upstream, 1012).await;
+    upstream.go_down_and_wait(1012).await;
     for m in numbered(0..50) {
         send_text(&mut client, &m).await;
     }
@@ -367,7 +352,7 @@ async fn replay_first_resends_the_opening_messages_to_every_new_upstream() {
     upstream
         .wait_for("3 messages", |log| log.received.len() >= 3)
         .await;
-    go_down_and_wait(&upstream, 1012).await;
+    upstream.go_down_and_wait(1012).await;
     send_text(&mut client, "m1").await;
     upstream.start_again(None).await;
     send_text(&mut client, "whoami").await;
@@ -422,7 +407,7 @@ async fn a_healthy_second_endpoint_takes_over_without_waiting_for_backoff() {
     } else {
         (&b, "a 0")
     };
-    go_down_and_wait(down, 1012).await;
+    down.go_down_and_wait(1012).await;
     send_text(&mut client, "whoami").await;
     read_until(&mut client, other_name).await;
 }

@@ -153,13 +153,7 @@ async fn http10_get(addr: SocketAddr, path: &str) -> (u16, String) {
         return (0, String::new());
     }
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let answer = raw_exchange(addr, request.as_bytes()).await;
-    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    status_and_body(&raw_exchange(addr, request.as_bytes()).await)
 }
 
 fn percent_encoded(text: &str) -> String {

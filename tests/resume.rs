@@ -355,6 +355,16 @@ async fn the_last_attach_wins() {
     assert!(reason.contains("resume-replaced"), "{reason}");
 }
 
+/// Waits until `proxy` counts a client away.
+async fn until_away(proxy: &Proxy) {
+    within("the away gauge", async {
+        while proxy.metric("holdfast_clients_away").await < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_client_that_never_comes_back_ends_its_session_after_client_hold() {
     let upstream = UpstreamBuilder::new().start().await;
@@ -364,12 +374,7 @@ async fn a_client_that_never_comes_back_ends_its_session_after_client_hold() {
         .await
         .unwrap();
     relay.cut();
-    within("the away gauge", async {
-        while proxy.metric("holdfast_clients_away").await < 1.0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_away(&proxy).await;
     assert_eq!(
         upstream.first_close().await,
         Some((1001, "client did not come back".into()))
@@ -392,12 +397,7 @@ async fn a_session_that_ends_while_its_client_is_away_ends_client_gone() {
         .await
         .unwrap();
     relay.cut();
-    within("the away gauge", async {
-        while proxy.metric("holdfast_clients_away").await < 1.0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_away(&proxy).await;
     // The upstream ends the session (1000, not a restart code): the close it would have
     // been sent reaches nobody.
     upstream.go_down(Control::Close(1000, "done".into())).await;

@@ -135,13 +135,7 @@ async fn a_sessions_log_lines_name_its_trace() {
         .insert("traceparent", traceparent.parse().unwrap());
     let (mut ws, _) = connect_request(proxy, request).await.unwrap();
     // A hold, so that there is more than one line to follow.
-    upstream
-        .go_down(Control::Close(1012, "deploying".into()))
-        .await;
-    // Held once the proxy has answered the old upstream's close.
-    upstream
-        .wait_for("the proxy's close reply", |log| !log.closes.is_empty())
-        .await;
+    upstream.go_down_and_wait(1012).await;
     upstream.start_again(None).await;
     send_text(&mut ws, "whoami").await;
     assert_eq!(next_message(&mut ws).await.to_text().unwrap(), "app 1");

@@ -457,30 +457,33 @@ impl Metrics {
 
     /// A session that ran (`SessionOutcome::Closed`) ended `end` after `lasted`.
     pub fn session_duration(&self, end: SessionEnd, lasted: Duration, route: &str) {
-        let labels = vec![
-            Label::new("end", end.label()),
-            Label::new("route", route.to_owned()),
+        let labels = [
+            ("end", end.label()),
+            ("route", Cow::Owned(route.to_owned())),
         ];
-        self.recorder
-            .register_histogram(
-                &Key::from_parts(SESSION_DURATION_SECONDS, labels),
-                &metadata(),
-            )
-            .record(lasted.as_secs_f64());
+        self.observe(SESSION_DURATION_SECONDS, labels, lasted);
     }
 
     /// A client's traffic was paused for `paused` by `cause`.
     pub fn client_disruption(&self, cause: Disruption, paused: Duration, route: &str) {
-        let labels = vec![
-            Label::new("cause", cause.as_str()),
-            Label::new("route", route.to_owned()),
+        let labels = [
+            ("cause", cause.as_str().into()),
+            ("route", Cow::Owned(route.to_owned())),
         ];
+        self.observe(CLIENT_DISRUPTION_SECONDS, labels, paused);
+    }
+
+    /// Records `value` in the histogram `name` of `labels`.
+    fn observe<const N: usize>(
+        &self,
+        name: &'static str,
+        labels: [(&'static str, Cow<'static, str>); N],
+        value: Duration,
+    ) {
+        let labels: Vec<Label> = labels.into_iter().map(|(k, v)| Label::new(k, v)).collect();
         self.recorder
-            .register_histogram(
-                &Key::from_parts(CLIENT_DISRUPTION_SECONDS, labels),
-                &metadata(),
-            )
-            .record(paused.as_secs_f64());
+            .register_histogram(&Key::from_parts(name, labels), &metadata())
+            .record(value.as_secs_f64());
     }
 
     /// `result`: `ok`, `refused`, `timeout` or `error`.

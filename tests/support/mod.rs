@@ -89,6 +89,19 @@ impl TestUpstream {
         let _ = self.control.send(how);
     }
 
+    /// Closes the live connections with `code` and stops accepting, then waits until the
+    /// proxy has answered the close: from then on it holds, and what the client sends is
+    /// buffered for the next upstream (before that, it is the old one's).
+    pub async fn go_down_and_wait(&self, code: u16) {
+        let before = self.log.lock().unwrap().closes.len();
+        self.go_down(Control::Close(code, "restarting".into()))
+            .await;
+        self.wait_for("the proxy to answer the upstream's close", |log| {
+            log.closes.len() > before
+        })
+        .await;
+    }
+
     /// Listens again on the same address, as the next generation of the server.
     pub async fn start_again(&self, builder: Option<UpstreamBuilder>) {
         let builder = builder.unwrap_or_else(|| self.builder.clone());
@@ -771,7 +784,11 @@ pub async fn deflate_client(
 /// A plain `GET` over a fresh connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let answer = raw_exchange(addr, request.as_bytes()).await;
+    status_and_body(&raw_exchange(addr, request.as_bytes()).await)
+}
+
+/// An HTTP answer's status (0 when there is none) and body.
+pub fn status_and_body(answer: &str) -> (u16, String) {
     let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = answer
         .split_once("\r\n\r\n")
