@@ -75,9 +75,13 @@ struct Cli {
     /// Only the peers' table: holdfast, nginx and HAProxy, plain and (third-party) with
     /// TLS towards clients, then memory per idle session at 1,000, 4,000 and 9,000
     /// sessions. `third-party`: k6 drives the load, Node's `ws` echoes; `ours`: this
-    /// benchmark's own load generator and echo server.
-    #[arg(long, value_parser = ["third-party", "ours"], conflicts_with_all = ["throughput_only", "library_only", "resume_only", "compression_only", "h2_only"])]
+    /// benchmark's own load generator and echo server. With `--baseline` that binary runs
+    /// in the same alternation; with `--throughput-only` the memory steps are left out.
+    #[arg(long, value_parser = ["third-party", "ours"], conflicts_with_all = ["library_only", "resume_only", "compression_only", "h2_only"])]
     peers: Option<String>,
+    /// With `--peers third-party`: plain TCP only, no TLS rows.
+    #[arg(long, requires = "peers")]
+    plain_only: bool,
     /// Also measure a plain tokio byte relay built like holdfast (a "tokio copy" column in
     /// the throughput rows): what the event loop and the kernel cost without WebSocket work.
     #[arg(long)]
@@ -195,6 +199,11 @@ async fn run(mut cli: Cli) {
             cli.seconds,
             cli.connections,
             &cli.sizes,
+            peers::Options {
+                baseline: cli.baseline.as_deref(),
+                throughput_only: cli.throughput_only,
+                plain_only: cli.plain_only,
+            },
         )
         .await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -95,8 +95,14 @@ fn k6_run(dir: &Path, url: &str, vus: usize, size: usize, seconds: f64) -> u64 {
     json["metrics"]["echoes"]["count"].as_f64().unwrap_or(0.0) as u64
 }
 
-/// The targets of one transport: holdfast, nginx and HAProxy in front of `upstream`.
-fn targets(dir: &Path, upstream: SocketAddr, tls: Option<&TlsFiles>) -> Vec<Target> {
+/// The targets of one transport: holdfast, `--baseline`'s holdfast binary if given, nginx
+/// and HAProxy in front of `upstream`.
+fn targets(
+    dir: &Path,
+    upstream: SocketAddr,
+    tls: Option<&TlsFiles>,
+    baseline: Option<&Path>,
+) -> Vec<Target> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let url = |p: &Proc| format!("{scheme}://127.0.0.1:{}/", p.addr.port());
     let mut out = Vec::new();
@@ -109,6 +115,14 @@ fn targets(dir: &Path, upstream: SocketAddr, tls: Option<&TlsFiles>) -> Vec<Targ
         url: url(&holdfast),
         proc_: holdfast,
     });
+    if let Some(binary) = baseline {
+        let proc_ = procs::start_holdfast_with(binary, dir, upstream, &extra);
+        out.push(Target {
+            name: "baseline".into(),
+            url: url(&proc_),
+            proc_,
+        });
+    }
     if procs::nginx_available() {
         let nginx = procs::start_nginx_with(
             dir,
@@ -250,6 +264,16 @@ async fn memory_steps(
 }
 
 /// Measures and prints the peers' table.
+/// What one `--peers` run measures besides the default.
+pub struct Options<'a> {
+    /// Another holdfast binary in the same alternation (`--baseline`).
+    pub baseline: Option<&'a Path>,
+    /// Only the throughput rounds: no memory steps (`--throughput-only`).
+    pub throughput_only: bool,
+    /// No TLS rows (`--plain-only`).
+    pub plain_only: bool,
+}
+
 pub async fn run(
     dir: &Path,
     peers: PeerSet,
@@ -257,6 +281,7 @@ pub async fn run(
     seconds: f64,
     connections: usize,
     sizes: &[usize],
+    options: Options<'_>,
 ) {
     assert!(
         peers == PeerSet::Ours || k6_available(),
@@ -282,11 +307,11 @@ pub async fn run(
     let started = Instant::now();
     let mut table: Vec<String> = Vec::new();
     let transports: &[(&str, Option<&TlsFiles>)] = match peers {
-        PeerSet::ThirdParty => &[("plain", None), ("TLS", Some(&tls))],
-        PeerSet::Ours => &[("plain", None)],
+        PeerSet::ThirdParty if !options.plain_only => &[("plain", None), ("TLS", Some(&tls))],
+        _ => &[("plain", None)],
     };
     for &(label, tls) in transports {
-        let targets = targets(dir, upstream, tls);
+        let targets = targets(dir, upstream, tls, options.baseline);
         for &size in sizes {
             let results = measure(
                 dir,
@@ -305,12 +330,15 @@ pub async fn run(
 
     let steps = [1000, 4000, 9000];
     let mut memory: BTreeMap<&str, Vec<(usize, u64, f64)>> = BTreeMap::new();
-    let mut names = vec!["holdfast"];
-    if procs::nginx_available() {
-        names.push("nginx");
-    }
-    if procs::haproxy_available() {
-        names.push("haproxy");
+    let mut names = Vec::new();
+    if !options.throughput_only {
+        names.push("holdfast");
+        if procs::nginx_available() {
+            names.push("nginx");
+        }
+        if procs::haproxy_available() {
+            names.push("haproxy");
+        }
     }
     for name in &names {
         memory.insert(name, memory_steps(dir, upstream, name, &steps).await);
@@ -332,11 +360,13 @@ pub async fn run(
     for line in &table {
         println!("{line}");
     }
-    println!();
-    println!(
-        "| idle sessions (plain) | RSS / session at 1,000 | at 4,000 | at 9,000 | per-session slope 1,000 → 9,000 |"
-    );
-    println!("|---|---|---|---|---|");
+    if !names.is_empty() {
+        println!();
+        println!(
+            "| idle sessions (plain) | RSS / session at 1,000 | at 4,000 | at 9,000 | per-session slope 1,000 → 9,000 |"
+        );
+        println!("|---|---|---|---|---|");
+    }
     for name in &names {
         let m = &memory[name];
         let slope = (m[2].1 as f64 - m[0].1 as f64) / (m[2].0 - m[0].0) as f64;
