@@ -203,18 +203,6 @@ pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     }
 }
 
-/// Validates UTF-8 incrementally: `data[..valid]` is known to be valid; returns the new
-/// valid length. A sequence cut off at the end is fine while more is to come (`complete`
-/// false) — an invalid byte is an error at once, so a fragmented text message fails as
-/// soon as it goes wrong, not at its end.
-pub fn validate_utf8(data: &[u8], valid: usize, complete: bool) -> Result<usize, WsError> {
-    match std::str::from_utf8(&data[valid..]) {
-        Ok(_) => Ok(data.len()),
-        Err(e) if e.error_len().is_none() && !complete => Ok(valid + e.valid_up_to()),
-        Err(e) => Err(WsError::Utf8(e.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,21 +300,5 @@ mod tests {
             apply_mask(&mut data, key);
             assert_eq!(data, original);
         }
-    }
-
-    #[test]
-    fn utf8_is_checked_across_fragments_and_fails_fast() {
-        let text = "héllo wörld €".as_bytes();
-        // Cut inside the two-byte "é": fine while more is to come.
-        let valid = validate_utf8(&text[..2], 0, false).unwrap();
-        assert_eq!(valid, 1);
-        assert_eq!(validate_utf8(text, valid, true).unwrap(), text.len());
-        // ... but not at the end of the message.
-        assert!(validate_utf8(&text[..2], 0, true).is_err());
-        // An invalid byte fails at once, even mid-message.
-        assert!(matches!(
-            validate_utf8(&[b'a', 0xff], 0, false),
-            Err(WsError::Utf8(_))
-        ));
     }
 }

@@ -3,7 +3,7 @@
 //! inline buffer) and `Payload` (a frame's payload, borrowed or owned).
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::SMALL_INLINE;
 use crate::codec::frame::{BINARY, TEXT};
@@ -137,11 +137,4 @@ impl Incoming {
             small => small.to_message(inline),
         }
     }
-}
-
-/// A text message's payload as `Utf8Bytes`, validated here: a whole frame's payload is
-/// checked once, as it becomes the message; a fragmented message's, checked piece by piece
-/// as it arrived (to fail fast), is checked again whole.
-pub(super) fn utf8_text(bytes: Bytes) -> Result<Utf8Bytes, WsError> {
-    Utf8Bytes::try_from(bytes).map_err(|e| WsError::Utf8(e.to_string()))
 }

@@ -14,10 +14,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::incoming::{Payload, utf8_text};
+use super::incoming::Payload;
 use super::*;
 use crate::close::{PROTOCOL_ERROR, is_sendable};
 use crate::codec::frame::{self, BINARY, CLOSE, CONTINUATION, Header, PING, PONG, Role, TEXT};
+use crate::codec::utf8;
 use crate::deflate::InflateError;
 
 /// A fragmented data message being assembled.
@@ -79,7 +80,7 @@ impl<S> WsConn<S> {
                 if !h.fin {
                     let data = payload.as_slice().to_vec();
                     let valid = if text && !h.rsv1 {
-                        frame::validate_utf8(&data, 0, false)?
+                        utf8::validate(&data, 0, false)?
                     } else {
                         0
                     };
@@ -106,7 +107,7 @@ impl<S> WsConn<S> {
                 }
                 partial.data.extend_from_slice(payload.as_slice());
                 if partial.text && !partial.compressed {
-                    partial.valid = frame::validate_utf8(&partial.data, partial.valid, h.fin)?;
+                    partial.valid = utf8::validate(&partial.data, partial.valid, h.fin)?;
                 }
                 if !h.fin {
                     return Ok(None);
@@ -275,7 +276,7 @@ impl<S> WsConn<S> {
 /// A whole data message (text checked for UTF-8).
 fn data_message(text: bool, data: Bytes) -> Result<Message, WsError> {
     if text {
-        Ok(Message::Text(utf8_text(data)?))
+        Ok(Message::Text(utf8::text(data)?))
     } else {
         Ok(Message::Binary(data))
     }
@@ -286,7 +287,7 @@ fn data_message(text: bool, data: Bytes) -> Result<Message, WsError> {
 fn read_inline(h: &Header, payload: &[u8], inline: &mut Inline) -> Result<Incoming, WsError> {
     let text = h.opcode == TEXT;
     if text {
-        frame::validate_utf8(payload, 0, true)?;
+        utf8::validate(payload, 0, true)?;
     }
     inline[..payload.len()].copy_from_slice(payload);
     Ok(Incoming::Small {
