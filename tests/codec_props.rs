@@ -1,4 +1,4 @@
-//! Properties of the WebSocket frame functions (`holdfast::codec::frame`): header encoding
+//! Properties of the WebSocket frame functions (`holdfast::codec::frame`, `::utf8`): header encoding
 //! and parsing round-trip for every opcode, length form and masking; masking is its own
 //! inverse; no bytes make the parser panic; UTF-8 validation fed in pieces agrees with
 //! `std::str::from_utf8` on the whole.
@@ -6,8 +6,9 @@
 use holdfast::codec::Role;
 use holdfast::codec::frame::{
     BINARY, CLOSE, CONTINUATION, Header, MAX_HEADER, PING, PONG, TEXT, apply_mask, encode_header,
-    header_bytes, parse_header, validate_utf8,
+    header_bytes, parse_header,
 };
+use holdfast::codec::utf8::validate as validate_utf8;
 use proptest::prelude::*;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
