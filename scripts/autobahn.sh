@@ -89,7 +89,9 @@ ping_interval = "0s"
 # which is its job in production but not what a conformance case measures.
 codes = [1012]
 TOML
-target/release/holdfast --config "$out/proxy.toml" --log-level warn 2> "$out/holdfast.log" &
+# The protocol cases run on the workers' io_uring path (opt-in; epoll is the default): its
+# reads see Autobahn's frames chopped into single bytes. Everything else runs on epoll.
+target/release/holdfast --config "$out/proxy.toml" --log-level warn --io io-uring 2> "$out/holdfast.log" &
 proxy_pid=$!
 # holdfast compressing on both hops, in front of ws's echo (which compresses too).
 sed -e "s/$proxy_port/$deflate_proxy_port/" -e "s/$echo_port/$deflate_echo_port/" "$out/proxy.toml" > "$out/proxy-deflate.toml"

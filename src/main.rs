@@ -35,9 +35,9 @@ struct Cli {
     /// CPU available to the process].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
-    /// How workers do socket I/O on plain TCP connections: `io-uring` (where the kernel
-    /// allows it; else epoll, with a warning) or `epoll`. TLS connections always use epoll.
-    #[arg(long, value_enum, default_value_t = Io::IoUring)]
+    /// How workers do socket I/O on plain TCP connections: `epoll`, or `io-uring` (where
+    /// the kernel allows it; else epoll, with a warning). TLS connections always use epoll.
+    #[arg(long, value_enum, default_value_t = Io::Epoll)]
     io: Io,
     #[command(subcommand)]
     command: Option<Command>,
