@@ -266,6 +266,7 @@ impl Driver {
             } else {
                 if !slot.dropped {
                     if result > 0 {
+                        slot.more_waiting = result as usize == BUF_SIZE;
                         if let Some(bid) = buffer {
                             slot.ready = Some(Ready::Pool {
                                 bid,

@@ -23,6 +23,9 @@ pub struct Slot {
     pub eof: bool,
     pub read_error: Option<i32>,
     pub recv_in_flight: bool,
+    /// The last receive filled its buffer: more is likely waiting in the socket, and the
+    /// next read tries it at once instead of arming a receive.
+    pub more_waiting: bool,
     pub reader: Option<Waker>,
     /// Written, not yet handed to the kernel.
     pub out: Vec<u8>,
@@ -46,6 +49,7 @@ impl Slot {
             eof: false,
             read_error: None,
             recv_in_flight: false,
+            more_waiting: false,
             reader: None,
             out: Vec::new(),
             sending: Vec::new(),

@@ -18,7 +18,11 @@ use super::driver::{CANCEL, Driver, OUT_CAP, RECV, Ready, Slot, send_now};
 
 /// A read with room for more than a pool buffer holds (the rest of a large frame) first
 /// takes what the socket has straight into the reader's buffer, with one `recv`: a pool
-/// buffer at a time would cost a copy and a wake-up per 16 KiB.
+/// buffer at a time would cost a copy and a wake-up per 16 KiB. So does any read after a
+/// receive that filled its buffer (`Slot::more_waiting`), until one comes back short: a
+/// message cut into many small frames (Go's and browsers' clients send 4 KiB frames) is
+/// then read the way epoll reads it, instead of a receive armed and completed per frame
+/// (64 KiB echoes with k6: 115 → 108 µs of CPU each).
 const DIRECT_READ: usize = BUF_SIZE;
 /// A write this large, with nothing queued before it, goes to the socket at once with one
 /// `sendmsg`; only what the socket does not take is copied into the outgoing buffer.
@@ -287,14 +291,23 @@ impl AsyncRead for RingStream {
             if s.eof {
                 return Poll::Ready(Ok(()));
             }
-            if buf.remaining() >= DIRECT_READ && !s.recv_in_flight {
+            if (buf.remaining() >= DIRECT_READ || s.more_waiting) && !s.recv_in_flight {
+                let room = buf.remaining();
                 match recv_now(&s.socket, buf) {
                     Ok(0) => {
                         s.eof = true;
                         return Poll::Ready(Ok(()));
                     }
-                    Ok(_) => return Poll::Ready(Ok(())),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(n) => {
+                        #[cfg(test)]
+                        if room < DIRECT_READ {
+                            super::tests::READ_ON
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        s.more_waiting = n == room;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.more_waiting = false,
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             }

@@ -55,6 +55,10 @@ pub(super) static SPILLED: std::sync::atomic::AtomicUsize = std::sync::atomic::A
 /// Receives that found the pool empty, on any thread.
 pub(super) static STARVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Reads that took the socket's bytes at once because the last receive filled its buffer,
+/// on any thread.
+pub(super) static READ_ON: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The peer echoes everything back, then shuts its side down.
 fn echoing(mut theirs: TcpStream) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -390,4 +394,37 @@ fn a_thread_without_a_ring_keeps_the_tokio_socket() {
                 .unwrap();
             assert!(RingStream::adopt(tcp).unwrap().is_err());
         });
+}
+
+#[test]
+fn a_small_reader_behind_a_full_receive_reads_on_without_the_ring() {
+    on_ring(async {
+        let (mut ours, mut theirs) = pair().await;
+        // 1 MiB in one go: the first receive fills a pool buffer, so the reader's next
+        // 4 KiB reads take what the socket holds at once, until one comes back short.
+        let sent: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                theirs.write_all(&sent).await.unwrap();
+                theirs.shutdown().await.unwrap();
+            })
+        };
+        let before = READ_ON.load(Ordering::Relaxed);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = ours.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        writer.await.unwrap();
+        assert!(got == sent, "the bytes arrive whole and in order");
+        assert!(
+            READ_ON.load(Ordering::Relaxed) > before,
+            "no read went straight to the socket after a full receive"
+        );
+    });
 }
