@@ -28,7 +28,7 @@
 //! `trim` (giving freed memory back to the system) is used by `app` alone.
 //!
 //! Unsafe code lives in `ring` (the io_uring driver, each block with its reason), in
-//! `trim` (one foreign call) and in `codec::utf8` (text checked once, with the faster
+//! `trim` (one foreign call) and in `codec::utf8` (text taken as checked by the faster
 //! check); everywhere else it is refused.
 #![deny(unsafe_code)]
 
