@@ -263,7 +263,6 @@ async fn memory_steps(
     out
 }
 
-/// Measures and prints the peers' table.
 /// What one `--peers` run measures besides the default.
 pub struct Options<'a> {
     /// Another holdfast binary in the same alternation (`--baseline`).
@@ -274,6 +273,7 @@ pub struct Options<'a> {
     pub plain_only: bool,
 }
 
+/// Measures and prints the peers' table.
 pub async fn run(
     dir: &Path,
     peers: PeerSet,

@@ -1,6 +1,6 @@
-//! Properties of the WebSocket frame functions (`holdfast::codec::frame`, `::utf8`): header encoding
-//! and parsing round-trip for every opcode, length form and masking; masking is its own
-//! inverse; no bytes make the parser panic; UTF-8 validation fed in pieces agrees with
+//! Properties of the WebSocket frame functions (`holdfast::codec::frame`, `::utf8`): header
+//! encoding and parsing round-trip for every opcode, length form and masking; masking is its
+//! own inverse; no bytes make the parser panic; UTF-8 validation fed in pieces agrees with
 //! `std::str::from_utf8` on the whole.
 
 use holdfast::codec::Role;
