@@ -77,6 +77,8 @@ struct Cli {
     /// sessions. `third-party`: k6 drives the load, Node's `ws` echoes; `ours`: this
     /// benchmark's own load generator and echo server. With `--baseline` that binary runs
     /// in the same alternation; with `--throughput-only` the memory steps are left out.
+    /// Plain TCP also runs `direct` (no proxy: the ceiling) and, with `--tokio-copy` or
+    /// `--uring-copy`, those byte relays (the floor of a relay's CPU).
     #[arg(long, value_parser = ["third-party", "ours"], conflicts_with_all = ["library_only", "resume_only", "compression_only", "h2_only"])]
     peers: Option<String>,
     /// With `--peers third-party`: plain TCP only, no TLS rows.
@@ -192,6 +194,13 @@ async fn run(mut cli: Cli) {
             "ours" => peers::PeerSet::Ours,
             _ => peers::PeerSet::ThirdParty,
         };
+        let relays: Vec<(&str, &str)> = [
+            (cli.tokio_copy, ("tokio-copy", "tokio copy")),
+            (cli.uring_copy, ("uring-copy", "uring copy")),
+        ]
+        .into_iter()
+        .filter_map(|(on, relay)| on.then_some(relay))
+        .collect();
         peers::run(
             &dir,
             set,
@@ -203,6 +212,7 @@ async fn run(mut cli: Cli) {
                 baseline: cli.baseline.as_deref(),
                 throughput_only: cli.throughput_only,
                 plain_only: cli.plain_only,
+                relays: &relays,
             },
         )
         .await;

@@ -8,6 +8,12 @@
 //!
 //! Every ratio is reported twice: the ratio of the medians, and the median (and range) of
 //! the ratios within each round, where both targets ran minutes apart at most.
+//!
+//! On plain TCP two more targets bound what any proxy could show with these peers:
+//! `direct` (the load generator talking to the echo server itself: the throughput no proxy
+//! can exceed, since the peers' own work is the same) and, with `--tokio-copy` or
+//! `--uring-copy`, a byte relay with no WebSocket work at all (the CPU a relay pays the
+//! kernel for the same system calls and segments).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,11 +52,24 @@ export default function () {
 }
 "#;
 
-/// One proxy under test, plain or with TLS towards clients.
+/// One proxy under test, plain or with TLS towards clients, or the echo server itself.
 struct Target {
     name: String,
-    proc_: Proc,
+    /// The proxy's process; none for `direct`, which has no proxy CPU to measure.
+    proc_: Option<Proc>,
+    addr: SocketAddr,
     url: String,
+}
+
+impl Target {
+    fn proxy(name: &str, proc_: Proc, scheme: &str) -> Target {
+        Target {
+            name: name.into(),
+            url: format!("{scheme}://127.0.0.1:{}/", proc_.addr.port()),
+            addr: proc_.addr,
+            proc_: Some(proc_),
+        }
+    }
 }
 
 /// Per target: echoes per second and proxy CPU µs per echo, one value per round.
@@ -96,32 +115,24 @@ fn k6_run(dir: &Path, url: &str, vus: usize, size: usize, seconds: f64) -> u64 {
 }
 
 /// The targets of one transport: holdfast, `--baseline`'s holdfast binary if given, nginx
-/// and HAProxy in front of `upstream`.
+/// and HAProxy in front of `upstream`; on plain TCP also the byte relays asked for and
+/// `direct`.
 fn targets(
     dir: &Path,
     upstream: SocketAddr,
     tls: Option<&TlsFiles>,
-    baseline: Option<&Path>,
+    options: &Options<'_>,
 ) -> Vec<Target> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let url = |p: &Proc| format!("{scheme}://127.0.0.1:{}/", p.addr.port());
     let mut out = Vec::new();
     let extra = tls.map_or(String::new(), |(cert, key, _)| {
         format!("[listen.tls]\ncert = {cert:?}\nkey = {key:?}\n")
     });
     let holdfast = procs::start_holdfast_with(&procs::holdfast_binary(), dir, upstream, &extra);
-    out.push(Target {
-        name: "holdfast".into(),
-        url: url(&holdfast),
-        proc_: holdfast,
-    });
-    if let Some(binary) = baseline {
+    out.push(Target::proxy("holdfast", holdfast, scheme));
+    if let Some(binary) = options.baseline {
         let proc_ = procs::start_holdfast_with(binary, dir, upstream, &extra);
-        out.push(Target {
-            name: "baseline".into(),
-            url: url(&proc_),
-            proc_,
-        });
+        out.push(Target::proxy("baseline", proc_, scheme));
     }
     if procs::nginx_available() {
         let nginx = procs::start_nginx_with(
@@ -130,18 +141,25 @@ fn targets(
             tls.map(|(c, k, _)| (c.as_path(), k.as_path())),
             "auto",
         );
-        out.push(Target {
-            name: "nginx".into(),
-            url: url(&nginx),
-            proc_: nginx,
-        });
+        out.push(Target::proxy("nginx", nginx, scheme));
     }
     if procs::haproxy_available() {
         let haproxy = procs::start_haproxy(dir, upstream, tls.map(|(_, _, pem)| pem.as_path()), 2);
+        out.push(Target::proxy("haproxy", haproxy, scheme));
+    }
+    if tls.is_none() {
+        for &(kind, name) in options.relays {
+            out.push(Target::proxy(
+                name,
+                procs::start_relay(kind, upstream),
+                scheme,
+            ));
+        }
         out.push(Target {
-            name: "haproxy".into(),
-            url: url(&haproxy),
-            proc_: haproxy,
+            name: "direct".into(),
+            proc_: None,
+            addr: upstream,
+            url: format!("ws://127.0.0.1:{}/", upstream.port()),
         });
     }
     out
@@ -174,23 +192,30 @@ async fn measure(
     let mut out = vec![Rounds::default(); targets.len()];
     for round in 0..rounds {
         for (t, r) in targets.iter().zip(&mut out) {
-            let (u0, s0) = procs::cpu_seconds(t.proc_.pid());
+            let cpu_seconds = || t.proc_.as_ref().map(|p| procs::cpu_seconds(p.pid()));
+            let before = cpu_seconds();
             let echoes = match peers {
                 PeerSet::ThirdParty => k6_run(dir, &t.url, vus, size, seconds),
                 PeerSet::Ours => {
                     let d = Duration::from_secs_f64(seconds);
-                    load::closed_loop(t.proc_.addr, vus, size, d).await.echoes
+                    load::closed_loop(t.addr, vus, size, d).await.echoes
                 }
             };
-            let (u1, s1) = procs::cpu_seconds(t.proc_.pid());
             let rate = echoes as f64 / seconds;
-            let cpu = (u1 + s1 - u0 - s0) * 1e6 / echoes.max(1) as f64;
+            // No proxy, no proxy CPU: NaN, printed as "—".
+            let cpu = match (before, cpu_seconds()) {
+                (Some((u0, s0)), Some((u1, s1))) => {
+                    (u1 + s1 - u0 - s0) * 1e6 / echoes.max(1) as f64
+                }
+                _ => f64::NAN,
+            };
             r.rates.push(rate);
             r.cpu.push(cpu);
             eprintln!(
-                "  peers {label} {size:>6} B round {} {:<9} {rate:>8.0} echoes/s, {cpu:.1} µs CPU/echo",
+                "  peers {label} {size:>6} B round {} {:<10} {rate:>8.0} echoes/s, {} µs CPU/echo",
                 round + 1,
-                t.name
+                t.name,
+                cpu_cell(cpu)
             );
         }
     }
@@ -211,24 +236,40 @@ fn rows(label: &str, size: usize, targets: &[Target], results: &[Rounds]) -> Vec
     let mut lines = Vec::new();
     for (t, r) in targets.iter().zip(results) {
         lines.push(format!(
-            "| {label}, {size} B | {} | {:.0} | {:.1} | |",
+            "| {label}, {size} B | {} | {:.0} | {} | |",
             t.name,
             median(&r.rates),
-            median(&r.cpu)
+            cpu_cell(median(&r.cpu))
         ));
     }
     let holdfast = &results[0];
     for (t, r) in targets.iter().zip(results).skip(1) {
         let (rate, rate_lo, rate_hi) = within(&holdfast.rates, &r.rates);
-        let (cpu, cpu_lo, cpu_hi) = within(&holdfast.cpu, &r.cpu);
+        let cpu = if t.proc_.is_some() {
+            let (cpu, cpu_lo, cpu_hi) = within(&holdfast.cpu, &r.cpu);
+            format!(
+                "{:.2}× (rounds: {cpu:.2}×, {cpu_lo:.2}-{cpu_hi:.2})",
+                median(&holdfast.cpu) / median(&r.cpu).max(1e-9)
+            )
+        } else {
+            "—".into()
+        };
         lines.push(format!(
-            "| {label}, {size} B | holdfast ÷ {} | {:.2}× (rounds: {rate:.2}×, {rate_lo:.2}-{rate_hi:.2}) | {:.2}× (rounds: {cpu:.2}×, {cpu_lo:.2}-{cpu_hi:.2}) | |",
+            "| {label}, {size} B | holdfast ÷ {} | {:.2}× (rounds: {rate:.2}×, {rate_lo:.2}-{rate_hi:.2}) | {cpu} | |",
             t.name,
             median(&holdfast.rates) / median(&r.rates).max(1e-9),
-            median(&holdfast.cpu) / median(&r.cpu).max(1e-9),
         ));
     }
     lines
+}
+
+/// A CPU figure, or "—" where there was no proxy to measure.
+fn cpu_cell(us: f64) -> String {
+    if us.is_nan() {
+        "—".into()
+    } else {
+        format!("{us:.1}")
+    }
 }
 
 /// Resident KiB per idle session of a fresh `name` proxy at each of `steps` sessions
@@ -271,6 +312,8 @@ pub struct Options<'a> {
     pub throughput_only: bool,
     /// No TLS rows (`--plain-only`).
     pub plain_only: bool,
+    /// Byte relays on plain TCP (`--tokio-copy`, `--uring-copy`): subcommand and name.
+    pub relays: &'a [(&'a str, &'a str)],
 }
 
 /// Measures and prints the peers' table.
@@ -311,7 +354,7 @@ pub async fn run(
         _ => &[("plain", None)],
     };
     for &(label, tls) in transports {
-        let targets = targets(dir, upstream, tls, options.baseline);
+        let targets = targets(dir, upstream, tls, &options);
         for &size in sizes {
             let results = measure(
                 dir,
