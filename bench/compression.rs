@@ -30,8 +30,11 @@ const LIMITS: Limits = Limits {
 };
 
 /// The keepalive interval of the holdfasts measured for memory: an idle compressor is
-/// given back after one interval without use.
-const PING: &str = "2s";
+/// given back after one interval without use. Long enough for this process, which shares
+/// the cores, to answer every session's pings while all of them start compressing at once:
+/// at 2 s holdfast rightly dropped, as silent through two intervals, the thousands of
+/// sessions the load generator could not poll within 4 s on a slower machine.
+const PING_SECS: u64 = 5;
 
 /// A realistic JSON message of a few hundred bytes: the same keys every time, values that
 /// change.
@@ -108,16 +111,24 @@ fn header<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 
 /// One echo: a JSON message out, its echo back. False if the session ended.
 async fn echo(client: &mut WsConn<Counted>, message: &str) -> bool {
-    if client.send(Message::text(message)).await.is_err() {
-        return false;
+    if let Err(e) = client.send(Message::text(message)).await {
+        return ended(&format!("sending: {e}"));
     }
     loop {
         match client.next().await {
             Some(Ok(Message::Text(_) | Message::Binary(_))) => return true,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ => return false,
+            other => return ended(&format!("waiting for the echo: {other:?}")),
         }
     }
+}
+
+/// A session that ended under measurement: the first one says how (the measurement then
+/// stops with the count). Returns false.
+fn ended(how: &str) -> bool {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("  compression: a session ended, {how}"));
+    false
 }
 
 /// An echo upstream that accepts permessage-deflate (holdfast's codec as the server): what
@@ -292,7 +303,7 @@ async fn memory(
     offer: Option<&'static str>,
     extra: &str,
 ) -> [f64; 3] {
-    let extra = format!("[websocket]\nping_interval = \"{PING}\"\n{extra}");
+    let extra = format!("[websocket]\nping_interval = \"{PING_SECS}s\"\n{extra}");
     let holdfast = procs::start_holdfast_with(&procs::holdfast_binary(), dir, echo_addr, &extra);
     let addr = holdfast.addr;
     let mut warm = connect(addr, offer, Arc::new(AtomicU64::new(0))).await;
@@ -333,7 +344,7 @@ async fn memory(
     // Two intervals and a margin: every compressor unused for a whole interval is gone,
     // and holdfast's trimmer has run (a second after the last one went).
     let mut decay = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..2 * PING_SECS + 5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         decay.push(procs::rss_kib(holdfast.pid()));
     }
@@ -375,7 +386,7 @@ async fn wait_for_phase(
             changed = phase.changed() => if changed.is_err() { return false },
             message = client.next() => match message {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                _ => return false,
+                other => return ended(&format!("waiting for phase {until}: {other:?}")),
             },
         }
     }
