@@ -144,7 +144,9 @@ sed -e "s/$proxy_port/$proxy2_port/" -e "s/$echo_port/$server_port/" "$out/proxy
 printf '[websocket.compression]\nupstream = true\n' >> "$out/proxy2.toml"
 target/release/holdfast --config "$out/proxy2.toml" --log-level warn 2> "$out/holdfast2.log" &
 proxy2_pid=$!
-trap 'kill $echo_pid $proxy_pid $server_pid $proxy2_pid 2>/dev/null || true' EXIT
+# One trap for everything started (a second `trap … EXIT` replaces the first): the
+# compressing pair above would otherwise outlive the script.
+trap 'kill $echo_pid $proxy_pid $deflate_echo_pid $deflate_proxy_pid $server_pid $proxy2_pid 2>/dev/null || true' EXIT
 wait_listening "$server_port" "$proxy2_port"
 target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$server_port" --agent direct
 target/release/holdfast-bench autobahn-client --server "ws://127.0.0.1:$proxy2_port" --agent holdfast
