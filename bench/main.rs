@@ -94,6 +94,20 @@ struct Cli {
     uring_copy: bool,
 }
 
+impl Cli {
+    /// The byte relays asked for (`--tokio-copy`, `--uring-copy`): this binary's
+    /// subcommand for each, and its column's name.
+    fn relays(&self) -> Vec<(&'static str, &'static str)> {
+        [
+            (self.tokio_copy, ("tokio-copy", "tokio copy")),
+            (self.uring_copy, ("uring-copy", "uring copy")),
+        ]
+        .into_iter()
+        .filter_map(|(on, relay)| on.then_some(relay))
+        .collect()
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// (scripts/autobahn.sh) a conformant client for Autobahn's fuzzingserver: runs every
@@ -194,13 +208,7 @@ async fn run(mut cli: Cli) {
             "ours" => peers::PeerSet::Ours,
             _ => peers::PeerSet::ThirdParty,
         };
-        let relays: Vec<(&str, &str)> = [
-            (cli.tokio_copy, ("tokio-copy", "tokio copy")),
-            (cli.uring_copy, ("uring-copy", "uring copy")),
-        ]
-        .into_iter()
-        .filter_map(|(on, relay)| on.then_some(relay))
-        .collect();
+        let relays = cli.relays();
         peers::run(
             &dir,
             set,
@@ -266,17 +274,13 @@ async fn run(mut cli: Cli) {
         if let Some(b) = &baseline {
             targets.push(("baseline", b.addr, Some(b)));
         }
-        let copy = cli
-            .tokio_copy
-            .then(|| procs::start_relay("tokio-copy", echo_addr));
-        if let Some(c) = &copy {
-            targets.push(("tokio copy", c.addr, Some(c)));
-        }
-        let uring = cli
-            .uring_copy
-            .then(|| procs::start_relay("uring-copy", echo_addr));
-        if let Some(c) = &uring {
-            targets.push(("uring copy", c.addr, Some(c)));
+        let relays: Vec<(&str, Proc)> = cli
+            .relays()
+            .into_iter()
+            .map(|(kind, name)| (name, procs::start_relay(kind, echo_addr)))
+            .collect();
+        for (name, relay) in &relays {
+            targets.push((name, relay.addr, Some(relay)));
         }
         targets.push(("holdfast", holdfast.addr, Some(&holdfast)));
         for &size in &cli.sizes {
@@ -476,11 +480,8 @@ fn print_table(
     if cli.baseline.is_some() {
         names.insert(names.len() - 1, "baseline");
     }
-    if cli.tokio_copy {
-        names.insert(names.len() - 1, "tokio copy");
-    }
-    if cli.uring_copy {
-        names.insert(names.len() - 1, "uring copy");
+    for (_, name) in cli.relays() {
+        names.insert(names.len() - 1, name);
     }
     println!();
     println!(

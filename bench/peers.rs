@@ -72,7 +72,8 @@ impl Target {
     }
 }
 
-/// Per target: echoes per second and proxy CPU µs per echo, one value per round.
+/// Per target: echoes per second and proxy CPU µs per echo (none for `direct`), one value
+/// per round.
 #[derive(Default, Clone)]
 struct Rounds {
     rates: Vec<f64>,
@@ -202,15 +203,12 @@ async fn measure(
                 }
             };
             let rate = echoes as f64 / seconds;
-            // No proxy, no proxy CPU: NaN, printed as "—".
-            let cpu = match (before, cpu_seconds()) {
-                (Some((u0, s0)), Some((u1, s1))) => {
-                    (u1 + s1 - u0 - s0) * 1e6 / echoes.max(1) as f64
-                }
-                _ => f64::NAN,
-            };
+            // No proxy (`direct`), no proxy CPU.
+            let cpu = before
+                .zip(cpu_seconds())
+                .map(|((u0, s0), (u1, s1))| (u1 + s1 - u0 - s0) * 1e6 / echoes.max(1) as f64);
             r.rates.push(rate);
-            r.cpu.push(cpu);
+            r.cpu.extend(cpu);
             eprintln!(
                 "  peers {label} {size:>6} B round {} {:<10} {rate:>8.0} echoes/s, {} µs CPU/echo",
                 round + 1,
@@ -239,7 +237,7 @@ fn rows(label: &str, size: usize, targets: &[Target], results: &[Rounds]) -> Vec
             "| {label}, {size} B | {} | {:.0} | {} | |",
             t.name,
             median(&r.rates),
-            cpu_cell(median(&r.cpu))
+            cpu_cell(t.proc_.as_ref().map(|_| median(&r.cpu)))
         ));
     }
     let holdfast = &results[0];
@@ -264,12 +262,8 @@ fn rows(label: &str, size: usize, targets: &[Target], results: &[Rounds]) -> Vec
 }
 
 /// A CPU figure, or "—" where there was no proxy to measure.
-fn cpu_cell(us: f64) -> String {
-    if us.is_nan() {
-        "—".into()
-    } else {
-        format!("{us:.1}")
-    }
+fn cpu_cell(us: Option<f64>) -> String {
+    us.map_or_else(|| "—".into(), |us| format!("{us:.1}"))
 }
 
 /// Resident KiB per idle session of a fresh `name` proxy at each of `steps` sessions
